@@ -1,0 +1,13 @@
+"""flashlb: an expert-parallelism load balancer for Mixture-of-Experts inference.
+
+Data model: ``hotness [T, L, N]`` loads per episode, layer and logical expert; a
+:class:`Placement` holds ``phy2log [L, P]``, ``log2phy [L, N, R]`` and ``logcnt [L, N]``.
+"""
+
+from . import ops  # noqa: F401  (registers torch.ops.flashlb.*)
+from . import metrics
+from .api import plan, rebalance_experts
+from .placement import Placement
+
+__all__ = ["Placement", "metrics", "plan", "rebalance_experts"]
+__version__ = "0.1.0"

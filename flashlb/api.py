@@ -1,0 +1,102 @@
+"""Entry points: :func:`plan` (rich API) and :func:`rebalance_experts` (drop-in signature)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import as_hotness, check_groups, check_int, check_sizes
+from .placement import Placement
+from .solvers.greedy import greedy_global, greedy_hierarchical
+
+__all__ = ["plan", "rebalance_experts", "ALGORITHMS"]
+
+ALGORITHMS = ("flashlb", "default")
+
+
+def _use_hierarchy(hierarchical, num_groups, num_nodes, algorithm) -> bool:
+    """DeepSeek's rule for the default (groups divisible by nodes); FlashLB only across nodes."""
+    if hierarchical is not None:
+        if not isinstance(hierarchical, bool):
+            raise ValueError(f"hierarchical must be True, False or None, got {hierarchical!r}")
+        if hierarchical and (num_groups is None or num_groups % num_nodes != 0):
+            raise ValueError(
+                f"hierarchical=True needs num_groups divisible by num_nodes, got "
+                f"num_groups={num_groups}, num_nodes={num_nodes}")
+        return hierarchical
+    if num_groups is None or num_groups % num_nodes != 0:
+        return False
+    return algorithm == "default" or num_nodes > 1
+
+
+def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
+         algorithm: str = "flashlb", num_groups: int | None = None, num_nodes: int = 1,
+         hierarchical: bool | None = None, time_budget: float | None = None, seed: int = 0,
+         recency_half_life: float | None = None, previous: Placement | None = None,
+         move_penalty: float = 0.0, **options) -> Placement:
+    """Decide replica counts and placement for every layer.
+
+    hotness: [L, N] (one window) or [T, L, N] (T episodes) loads per logical expert.
+    num_physical: P slots in all, num_devices: D devices with P / D slots each.
+    algorithm: "flashlb" (joint search, default) or "default" (two-stage greedy on the summed
+    window). num_groups / num_nodes / hierarchical: group-limited routing; hierarchical=None
+    follows DeepSeek's rule (groups divisible by nodes). time_budget: seconds for the anytime
+    search. recency_half_life: episodes; the latest ones weigh more. previous / move_penalty:
+    the placement in service and the cost of one moved slot, in units of peak/avg (FlashLB only).
+    Returns a :class:`Placement` on the device of ``hotness``.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    h = as_hotness(hotness)
+    device = h.device
+    h = h.cpu()
+    T, L, N = h.shape
+    P, D = check_sizes(N, num_physical, num_devices)
+    M = check_int(num_nodes, "num_nodes")
+    if num_groups is not None:
+        check_groups(N, D, num_groups, M)
+    elif D % M != 0:
+        raise ValueError(f"num_nodes={M} must divide num_devices={D}")
+    hier = _use_hierarchy(hierarchical, num_groups, M, algorithm)
+    if time_budget is not None and not (isinstance(time_budget, (int, float)) and time_budget > 0):
+        raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    if previous is not None:
+        if not isinstance(previous, Placement):
+            raise TypeError("previous must be a flashlb.Placement")
+        if previous.phy2log.shape != (L, P) or previous.num_experts != N or previous.num_devices != D:
+            raise ValueError(
+                f"previous must place {L} layers x {N} experts on {P} slots / {D} devices, got "
+                f"{tuple(previous.phy2log.shape)} with N={previous.num_experts}, D={previous.num_devices}")
+    if algorithm == "default":
+        if options or previous is not None:
+            unknown = sorted(options) + (["previous"] if previous is not None else [])
+            raise ValueError(f"algorithm='default' takes no options {unknown}")
+        w = h.sum(0)
+        if hier:
+            phy = greedy_hierarchical(w, P, num_groups, M, D)
+        else:
+            phy = greedy_global(w, P, D)
+        return Placement.from_phy2log(phy, N, D).to(device)
+
+    from .solvers.joint import solve
+
+    if hier and P // D > N // M:
+        raise ValueError(
+            f"hierarchical placement puts {N // M} experts on each node, fewer than the "
+            f"{P // D} slots of one device: use hierarchical=False or more experts per node")
+    result = solve(h, P, D, num_groups=num_groups if hier else None, num_nodes=M if hier else 1,
+                   time_budget=time_budget, seed=seed, recency_half_life=recency_half_life,
+                   previous=previous.to("cpu") if previous is not None else None,
+                   move_penalty=move_penalty, **options)
+    return result.to(device)
+
+
+def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
+                      num_gpus: int, *, algorithm: str = "flashlb", **options):
+    """Drop-in for the EPLB function of vLLM and DeepSeek.
+
+    weight: [L, N] (or [T, L, N] per-episode) loads. Returns (phy2log [L, P], log2phy [L, N, R],
+    logcnt [L, N]) int64 tensors; log2phy is -1 padded.
+    """
+    placement = plan(weight, num_replicas, num_gpus, algorithm=algorithm, num_groups=num_groups,
+                     num_nodes=num_nodes, **options)
+    return placement.as_tuple()
