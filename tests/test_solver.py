@@ -147,3 +147,23 @@ def test_real_statistics_targets(P, D, target):
     ours = metrics.balance_ratio(flashlb.plan(h, P, D).validate(), h).mean().item()
     base = metrics.balance_ratio(flashlb.plan(h, P, D, algorithm="default"), h).mean().item()
     assert ours <= target and ours < base
+
+
+def test_packing_bound_never_exceeds_the_optimum():
+    from flashlb.solvers.allotment import packing_bound
+
+    rnd, g = random.Random(3), torch.Generator().manual_seed(3)
+    for _ in range(30):
+        h, P, D = random_instance(rnd, g)
+        e, best = exact_plan(h, P, D)
+        w, ew = normalise(h, D, episode_weights(h.shape[0]))
+        b = packing_bound(w, ew, e.logcnt.unsqueeze(1), D)
+        assert b.item() <= best.item() + 1e-9 or best.item() == 0
+
+
+def test_all_allotments_enumerates_capped_compositions():
+    from flashlb.solvers.allotment import all_allotments
+
+    c = all_allotments(3, 5, 2, limit=100)
+    assert sorted(map(tuple, c.tolist())) == [(1, 2, 2), (2, 1, 2), (2, 2, 1)]
+    assert all_allotments(8, 16, 8, limit=100) is None

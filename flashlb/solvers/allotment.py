@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["allot_replicas", "packing_bound", "refine_counts"]
+__all__ = ["allot_replicas", "packing_bound", "refine_counts", "all_allotments", "best_allotments"]
 
 
 def allot_replicas(weight: torch.Tensor, num_physical: int, max_replicas: int) -> torch.Tensor:
@@ -50,8 +50,68 @@ def packing_bound(w: torch.Tensor, ew: torch.Tensor, counts: torch.Tensor, num_d
     m = torch.arange(S)
     top = cs[..., m * D + 1] - cs[..., m * D - m]  # x_{mD-m+1} .. x_{mD+1} (1-based)
     small = cs[..., P : P + 1] - cs[..., P - (S - 1 - m)]
-    bound = (top + small).amax(-1).clamp_min(1.0)  # [B, K, T]
+    bound = (top + small).amax(-1)
+    if S >= 2:
+        # Of the D + j largest, j devices hold two: pair the 2j smallest of them largest with
+        # smallest (0-based ranks D-j+i and D+j-1-i), plus the S - 2 smallest replicas overall.
+        i1, i2 = _pair_ranks(D, P)
+        pairs = (x[..., i1] + x[..., i2]).amax(-1)
+        bound = torch.maximum(bound, pairs + cs[..., P] - cs[..., P - (S - 2)])
+    bound = bound.clamp_min(1.0)  # [B, K, T]
     return (bound * ew.unsqueeze(1)).sum(-1)
+
+
+def _pair_ranks(D: int, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks (i1, i2) of every pair in the pairing bound, j = 1 .. min(D, P - D), i < j."""
+    i1, i2 = [], []
+    for j in range(1, min(D, P - D) + 1):
+        for i in range(j):
+            i1.append(D - j + i)
+            i2.append(D + j - 1 - i)
+    return torch.tensor(i1, dtype=torch.int64), torch.tensor(i2, dtype=torch.int64)
+
+
+def all_allotments(N: int, P: int, D: int, limit: int) -> torch.Tensor | None:
+    """Every count vector (1 <= c <= D, sum P) as [C, N], or None when there are more than limit."""
+    # ways[e][r]: count vectors for experts e.. summing to r
+    ways = [[0] * (P + 1) for _ in range(N + 1)]
+    ways[N][0] = 1
+    for e in range(N - 1, -1, -1):
+        for r in range(P + 1):
+            ways[e][r] = sum(ways[e + 1][r - c] for c in range(1, min(D, r) + 1))
+    if ways[0][P] > limit:
+        return None
+    out = []
+
+    def rec(e, left, prefix):
+        if e == N:
+            out.append(prefix)
+            return
+        for c in range(1, min(D, left) + 1):
+            if ways[e + 1][left - c]:
+                rec(e + 1, left - c, prefix + [c])
+
+    rec(0, P, [])
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def best_allotments(w: torch.Tensor, ew: torch.Tensor, num_physical: int, num_devices: int,
+                    k: int, limit: int = 4096) -> torch.Tensor | None:
+    """The k count vectors with the lowest packing bound, from all of them: [B, k, N].
+
+    A tree search whose every leaf is scored by the look-ahead bound; only for problems
+    whose count vectors number at most ``limit`` (else None).
+    """
+    B, T, N = w.shape
+    allc = all_allotments(N, num_physical, num_devices, limit)
+    if allc is None:
+        return None
+    mean = (w * ew.unsqueeze(-1)).sum(1)
+    cand = allc.unsqueeze(0).expand(B, -1, -1)
+    score = packing_bound(w, ew, cand, num_devices)
+    score = score + 1e-9 * (mean.unsqueeze(1).square() / cand.to(w.dtype)).sum(-1)
+    top = score.topk(min(k, allc.shape[0]), dim=1, largest=False).indices
+    return allc[top]
 
 
 def refine_counts(w: torch.Tensor, ew: torch.Tensor, counts: torch.Tensor, num_devices: int,

@@ -17,7 +17,7 @@ import torch
 from .. import ops
 from ..metrics import episode_weights
 from ..placement import Placement
-from .allotment import allot_replicas, refine_counts
+from .allotment import allot_replicas, best_allotments, refine_counts
 from .greedy import greedy_global, greedy_hierarchical, groups_to_nodes, nodes_to_layer
 
 __all__ = ["solve", "normalise", "weighted_peak_ratio"]
@@ -70,11 +70,14 @@ def _candidates(w: torch.Tensor, ew: torch.Tensor, P: int, D: int) -> torch.Tens
         base = allot_replicas(mean + RISK_Z * std, P, D)
     else:
         base = allot_replicas(mean, P, D)
-    if P * T > 4096:
-        return base.unsqueeze(1)
-    cands = [base, refine_counts(w, ew, base, D)]
-    if T > 1:
+    cands = [base]
+    if P * T <= 4096 and T > 1:
         cands.append(allot_replicas(mean, P, D))
+    if P * T <= 256:  # the look-ahead sorts every candidate's replicas: small problems only
+        cands.append(refine_counts(w, ew, base, D))
+        best = best_allotments(w, ew, P, D, k=4, limit=2048)
+        if best is not None:
+            return torch.cat([torch.stack(cands, 1), best], 1)
     return torch.stack(cands, 1)
 
 
