@@ -8,6 +8,7 @@ from . import ops  # noqa: F401  (registers torch.ops.flashlb.*)
 from . import metrics
 from .api import plan, rebalance_experts
 from .placement import Placement
+from .recorder import HotnessRecorder
 
-__all__ = ["Placement", "metrics", "plan", "rebalance_experts"]
+__all__ = ["HotnessRecorder", "Placement", "metrics", "plan", "rebalance_experts"]
 __version__ = "0.1.0"

@@ -1,10 +1,23 @@
 """flashlb's custom operators, ``torch.ops.flashlb.*``.
 
-Importing this module loads the compiled extension (``flashlb._C``), which registers the
-operator schemas and their C++ CPU kernels.
+- ``accumulate_hotness(hotness [L, N], topk_ids [tokens, k], layer)``: in place, one count per
+  routed token at ``hotness[layer, id]``; negative ids are padding and are skipped.
+- ``episode_stats(steps [S, L, N], episode_len) -> (episodes [ceil(S/E), L, N], mean [L, N], var [L, N])``.
+- ``joint_search(...)``: the C++ core of the FlashLB solver (see flashlb.solvers.joint).
+
+Back ends, one behaviour: C++ kernels on the CPU (host/ops), Ascend C kernels on the NPU
+(kernels/, registered under PrivateUse1 where built with CANN), and the plain-torch versions
+below for every other device (CUDA, or an NPU without the built kernels). Fake implementations
+let ``torch.compile`` trace the ops.
+
+Checks: shapes, dtypes, devices and ``layer`` are checked everywhere, on the host, for free.
+Ids >= N are checked on the CPU always (before any write); on accelerators that check needs a
+host synchronisation, so it runs only when ``set_debug_checks(True)`` (or FLASHLB_DEBUG_CHECKS=1).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -16,6 +29,147 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         "`pip install --no-build-isolation -e .` in the flashlb checkout"
     ) from exc
 
-__all__ = ["joint_search"]
+def _load_npu_kernels() -> bool:
+    """Register the Ascend C kernels (PrivateUse1) when they were built and torch_npu imports."""
+    from pathlib import Path
+
+    lib = Path(__file__).resolve().parent.parent / "libflashlb_npu.so"
+    if not lib.is_file():
+        return False
+    try:
+        import torch_npu  # noqa: F401  (the "npu" device must exist before the kernels load)
+    except ImportError:
+        return False
+    torch.ops.load_library(str(lib))
+    return True
+
+
+NPU_KERNELS = _load_npu_kernels()
+
+__all__ = ["NPU_KERNELS", "accumulate_hotness", "episode_stats", "episode_covariance", "joint_search",
+           "set_debug_checks"]
+
+_debug = os.environ.get("FLASHLB_DEBUG_CHECKS", "") not in ("", "0")
+
+
+def set_debug_checks(enabled: bool) -> None:
+    """Check ids < N on accelerators too (costs a host synchronisation per call)."""
+    global _debug
+    _debug = bool(enabled)
+
+
+_COUNT_DTYPES = (torch.int32, torch.int64, torch.float32)
+_ID_DTYPES = (torch.int32, torch.int64)
+_STEP_DTYPES = (torch.int32, torch.int64, torch.float32, torch.float64)
+
+
+def _check_accumulate(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int) -> None:
+    if hotness.dim() != 2:
+        raise ValueError(f"accumulate_hotness: hotness must be [L, N], got {tuple(hotness.shape)}")
+    if topk_ids.dim() not in (1, 2):
+        raise ValueError(f"accumulate_hotness: topk_ids must be [tokens, k], got {tuple(topk_ids.shape)}")
+    if hotness.device != topk_ids.device:
+        raise ValueError(f"accumulate_hotness: hotness is on {hotness.device} but topk_ids on {topk_ids.device}")
+    if hotness.dtype not in _COUNT_DTYPES:
+        raise ValueError(f"accumulate_hotness: hotness must be int32, int64 or float32, got {hotness.dtype}")
+    if topk_ids.dtype not in _ID_DTYPES:
+        raise ValueError(f"accumulate_hotness: topk_ids must be int32 or int64, got {topk_ids.dtype}")
+    if not hotness.is_contiguous():
+        raise ValueError("accumulate_hotness: hotness must be contiguous")
+    if not 0 <= layer < hotness.shape[0]:
+        raise IndexError(f"accumulate_hotness: layer {layer} is outside [0, {hotness.shape[0]})")
+
+
+def _accumulate_torch(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int) -> None:
+    _check_accumulate(hotness, topk_ids, layer)
+    ids = topk_ids.reshape(-1).to(torch.int64)
+    if _debug and ids.numel() and int(ids.max()) >= hotness.shape[1]:
+        raise ValueError(f"accumulate_hotness: topk_ids holds id {int(ids.max())}, not below the "
+                         f"number of experts {hotness.shape[1]}")
+    # Padding (negative ids) adds zero at column 0: no mask, no dynamic shape, no sync.
+    hotness[layer].scatter_add_(0, ids.clamp_min(0), (ids >= 0).to(hotness.dtype))
+
+
+def _episode_stats_torch(steps: torch.Tensor, episode_len: int):
+    if steps.dim() != 3:
+        raise ValueError(f"episode_stats: steps must be [S, L, N], got {tuple(steps.shape)}")
+    if episode_len < 1:
+        raise ValueError(f"episode_stats: episode_len must be >= 1, got {episode_len}")
+    if steps.shape[0] < 1:
+        raise ValueError("episode_stats: steps must hold at least one step")
+    if steps.dtype not in _STEP_DTYPES:
+        raise ValueError(f"episode_stats: steps must be int32, int64, float32 or float64, got {steps.dtype}")
+    S, L, N = steps.shape
+    T = -(-S // episode_len)
+    first = S - (T - 1) * episode_len
+    integer = not steps.dtype.is_floating_point
+    acc = steps.to(torch.int64 if integer else steps.dtype)
+    # The oldest episode takes the leftover steps: pad it in front with zeros.
+    pad = acc.new_zeros(T * episode_len - S, L, N)
+    episodes = torch.cat([pad, acc]).view(T, episode_len, L, N).sum(1)
+    stat = torch.float64 if steps.dtype == torch.float64 else torch.float32
+    scale = torch.ones(T, 1, 1, dtype=torch.float64, device=steps.device)
+    scale[0] = episode_len / first
+    full = episodes.to(torch.float64) * scale
+    mean = full.mean(0)
+    var = (full - mean).square().mean(0)
+    return episodes, mean.to(stat), var.to(stat)
+
+
+def _register() -> None:
+    lib = torch.library.Library("flashlb", "IMPL")  # noqa: F841 - kept alive below
+    # Plain torch for every device without a dedicated kernel (CPU and, when built, the NPU
+    # have their own; those take precedence over this composite one).
+    torch.library.impl("flashlb::accumulate_hotness", "CompositeExplicitAutograd", lib=lib)(_accumulate_torch)
+    torch.library.impl("flashlb::episode_stats", "CompositeExplicitAutograd", lib=lib)(_episode_stats_torch)
+
+    @torch.library.register_fake("flashlb::accumulate_hotness", lib=lib)
+    def _(hotness, topk_ids, layer):
+        _check_accumulate(hotness, topk_ids, layer)
+        return None
+
+    @torch.library.register_fake("flashlb::episode_stats", lib=lib)
+    def _(steps, episode_len):
+        S, L, N = steps.shape
+        T = -(-S // episode_len)
+        integer = not steps.dtype.is_floating_point
+        stat = torch.float64 if steps.dtype == torch.float64 else torch.float32
+        return (steps.new_empty(T, L, N, dtype=torch.int64 if integer else steps.dtype),
+                steps.new_empty(L, N, dtype=stat), steps.new_empty(L, N, dtype=stat))
+
+    _register.lib = lib
+
+
+_register()
+
+
+def accumulate_hotness(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int) -> None:
+    """Add one to ``hotness[layer, id]`` for every id of ``topk_ids [tokens, k]`` (in place).
+
+    hotness: [L, N] int32/int64/float32, contiguous; topk_ids: int32/int64, negative = padding.
+    """
+    torch.ops.flashlb.accumulate_hotness(hotness, topk_ids, layer)
+
+
+def episode_stats(steps: torch.Tensor, episode_len: int):
+    """steps [S, L, N] -> (episodes [ceil(S/E), L, N], mean [L, N], var [L, N]).
+
+    Episodes are sums of ``episode_len`` consecutive steps; when E does not divide S the
+    oldest episode is the short one (no step is dropped). mean / var are over episodes of the
+    sums scaled to E steps (population variance).
+    """
+    return torch.ops.flashlb.episode_stats(steps, episode_len)
+
+
+def episode_covariance(episodes: torch.Tensor) -> torch.Tensor:
+    """episodes [T, L, N] -> [L, N, N] covariance between experts over episodes.
+
+    The solver works on the episodes themselves (its objective is the per-episode peak, which
+    holds every correlation); this is for users who want the matrix itself.
+    """
+    x = episodes.to(torch.float64)
+    x = x - x.mean(0, keepdim=True)
+    return torch.einsum("tln,tlm->lnm", x, x) / x.shape[0]
+
 
 joint_search = torch.ops.flashlb.joint_search

@@ -1,0 +1,206 @@
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import flashlb
+from flashlb import HotnessRecorder, ops
+
+
+def ids(tokens=64, k=4, n=16, seed=0, pad=True):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, n, (tokens, k), generator=g)
+    if pad:
+        t[::7, 0] = -1
+    return t
+
+
+@pytest.mark.parametrize("count_dtype", [torch.int32, torch.int64, torch.float32])
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("tokens", [5, 40000])  # one pass, and per-thread histograms
+def test_accumulate_matches_bincount(count_dtype, id_dtype, tokens):
+    t = ids(tokens).to(id_dtype)
+    h = torch.zeros(3, 16, dtype=count_dtype)
+    h[2] = 5
+    ops.accumulate_hotness(h, t, 2)
+    v = t.reshape(-1)
+    want = torch.bincount(v[v >= 0].long(), minlength=16) + 5
+    assert h[2].tolist() == want.tolist()
+    assert h[:2].eq(0).all()
+
+
+@pytest.mark.parametrize("count_dtype", [torch.int32, torch.float32])
+def test_plain_torch_path_equals_the_cpu_kernel(count_dtype):
+    t = ids(300)
+    a = torch.zeros(2, 16, dtype=count_dtype)
+    b = torch.zeros(2, 16, dtype=count_dtype)
+    ops.accumulate_hotness(a, t, 1)
+    ops._accumulate_torch(b, t, 1)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "hotness, topk, layer, err, message",
+    [
+        (torch.zeros(2, 16, dtype=torch.int32), torch.tensor([[16]]), 0, ValueError, "not below the number of experts"),
+        (torch.zeros(2, 16, dtype=torch.int32), torch.tensor([[1]]), 2, IndexError, "layer 2 is outside"),
+        (torch.zeros(2, 16, dtype=torch.int32), torch.tensor([[1]]), -1, IndexError, "layer -1"),
+        (torch.zeros(2, 16, dtype=torch.float64), torch.tensor([[1]]), 0, ValueError, "hotness must be int32"),
+        (torch.zeros(2, 16, dtype=torch.int32), torch.tensor([[1.0]]), 0, ValueError, "topk_ids must be int32"),
+        (torch.zeros(16, dtype=torch.int32), torch.tensor([[1]]), 0, ValueError, r"hotness must be \[L, N\]"),
+        (torch.zeros(2, 16, dtype=torch.int32), torch.ones(1, 1, 1, dtype=torch.int64), 0, ValueError, "topk_ids must be"),
+        (torch.zeros(16, 2, dtype=torch.int32).t(), torch.tensor([[1]]), 0, ValueError, "contiguous"),
+    ],
+)
+def test_accumulate_bad_input_leaves_buffer_untouched(hotness, topk, layer, err, message):
+    before = hotness.clone()
+    with pytest.raises(err, match=message):
+        ops.accumulate_hotness(hotness, topk, layer)
+    assert torch.equal(hotness, before)
+
+
+def test_bad_id_after_good_ones_writes_nothing():
+    h = torch.zeros(1, 4, dtype=torch.int32)
+    with pytest.raises(ValueError):
+        ops.accumulate_hotness(h, torch.tensor([[0, 1, 2, 9]]), 0)
+    assert h.eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.float32, torch.float64])
+@pytest.mark.parametrize("S, E", [(16, 4), (10, 4), (3, 8), (1, 1)])
+def test_episode_stats(dtype, S, E):
+    g = torch.Generator().manual_seed(S * 100 + E)
+    steps = torch.randint(0, 50, (S, 2, 5), generator=g).to(dtype)
+    episodes, mean, var = ops.episode_stats(steps, E)
+    T = -(-S // E)
+    assert episodes.shape == (T, 2, 5)
+    assert episodes.sum(0).to(torch.float64).allclose(steps.sum(0).to(torch.float64))  # nothing dropped
+    first = S - (T - 1) * E
+    assert episodes[0].to(torch.float64).allclose(steps[:first].sum(0).to(torch.float64))
+    full = episodes.to(torch.float64).clone()
+    full[0] *= E / first
+    assert mean.to(torch.float64).allclose(full.mean(0), rtol=1e-5)
+    assert var.to(torch.float64).allclose(full.var(0, unbiased=False), rtol=1e-5)
+    ref = ops._episode_stats_torch(steps, E)
+    for a, b in zip((episodes, mean, var), ref):
+        assert a.dtype == b.dtype and torch.allclose(a.to(torch.float64), b.to(torch.float64), rtol=1e-5)
+
+
+def test_episode_stats_bad_input():
+    with pytest.raises(ValueError, match="episode_len must be >= 1"):
+        ops.episode_stats(torch.zeros(4, 1, 2), 0)
+    with pytest.raises(ValueError, match=r"steps must be \[S, L, N\]"):
+        ops.episode_stats(torch.zeros(4, 2), 2)
+    with pytest.raises(ValueError, match="int32, int64, float32 or float64"):
+        ops.episode_stats(torch.zeros(4, 1, 2, dtype=torch.bool), 2)
+
+
+def test_opcheck_every_op():
+    checks = [
+        (torch.ops.flashlb.accumulate_hotness.default, (torch.zeros(3, 16, dtype=torch.int64), ids(), 1)),
+        (torch.ops.flashlb.accumulate_hotness.default, (torch.zeros(3, 16), ids().int(), 0)),
+        (torch.ops.flashlb.episode_stats.default, (torch.rand(10, 2, 3), 4)),
+        (torch.ops.flashlb.episode_stats.default, (torch.randint(0, 9, (8, 2, 3)), 2)),
+    ]
+    for op, args in checks:
+        result = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_ops_trace_under_torch_compile():
+    @torch.compile(fullgraph=True)
+    def step(h, t):
+        ops.accumulate_hotness(h, t, 0)
+        return ops.episode_stats(h.unsqueeze(0).float(), 1)[1]
+
+    h = torch.zeros(1, 16)
+    out = step(h, ids())
+    assert out.sum().item() == h.sum().item() > 0
+
+
+def test_tiling_arithmetic():
+    cores, per_core, tile, hist_len, ub = torch.ops.flashlb.hotness_tiling(8192 * 8, 256, 8, 4, 20, 192 * 1024)
+    assert cores <= 20 and cores * per_core >= 8192 * 8 and (cores - 1) * per_core < 8192 * 8
+    assert per_core * 8 % 32 == 0 and tile * 8 % 32 == 0 and hist_len * 4 % 32 == 0
+    assert ub <= 192 * 1024
+    # N not a whole number of blocks: the histogram is padded
+    assert torch.ops.flashlb.hotness_tiling(10, 30, 4, 4, 4, 1 << 16)[3] == 32
+    # nothing to count still launches one core
+    assert torch.ops.flashlb.hotness_tiling(0, 8, 4, 4, 4, 1 << 16)[0] == 1
+    # a tiny unified buffer: the tile shrinks to what is left, in whole blocks
+    c, pc, tile, hl, ub = torch.ops.flashlb.hotness_tiling(4096, 256, 4, 4, 1, 2048)
+    assert tile * 4 % 32 == 0 and tile >= 8
+    episodes, first, cores, per = torch.ops.flashlb.episode_tiling(1000, 58 * 256, 16, 20)
+    assert episodes == 63 and first == 1000 - 62 * 16 and per * 4 % 32 == 0
+    assert cores * per >= 58 * 256 > (cores - 1) * per
+
+
+# ----------------------------------------------------------------------------- recorder
+def test_recorder_ring_and_episodes():
+    rec = HotnessRecorder(2, 4, window=3)
+    for step in range(5):
+        rec.record(0, torch.tensor([[step % 4]]))
+        rec.record(1, torch.tensor([[0, 1]]))
+        rec.next_step()
+    w = rec.window()
+    assert w.shape == (3, 2, 4)
+    assert [int(r[0].argmax()) for r in w] == [2, 3, 0]  # steps 2, 3, 4: oldest first
+    assert rec.episodes(2).shape == (2, 2, 4)
+    assert rec.episodes(2).sum().item() == w.sum().item()
+
+
+def test_recorder_empty_window_raises():
+    with pytest.raises(ValueError, match="no committed step"):
+        HotnessRecorder(1, 2, 4).window()
+
+
+class OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_recording_needs_no_sync_and_no_allocation():
+    rec = HotnessRecorder(2, 8, window=4)
+    t = ids(32, 2, 8)
+    with OpLog() as log:
+        for _ in range(3):
+            rec.record(0, t)
+            rec.record(1, t)
+            rec.next_step()
+    names = {f.__name__ for f in log.ops}
+    assert "_local_scalar_dense.default" not in names  # .item() / bool(): a host sync
+    for f in log.ops:
+        name = f._schema.name
+        assert name.startswith("flashlb::") or f._schema.is_mutable or name in ("aten::unsqueeze", "aten::view"), name
+
+
+def test_recorder_all_reduce_over_gloo(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)
+
+
+def _all_reduce_worker(rank, world, store):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    rec = HotnessRecorder(1, 4, window=2)
+    rec.record(0, torch.tensor([[rank, 3]]))
+    rec.next_step()
+    rec.all_reduce()
+    assert rec.window()[0, 0].tolist() == [1, 1, 0, 2]
+    dist.destroy_process_group()
+
+
+def test_recorder_feeds_the_planner():
+    rec = HotnessRecorder(2, 8, window=8)
+    for s in range(8):
+        for layer in range(2):
+            rec.record(layer, ids(16, 2, 8, seed=s))
+        rec.next_step()
+    p = flashlb.plan(rec.episodes(2), 16, 4)
+    p.validate()
