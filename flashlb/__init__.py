@@ -9,6 +9,8 @@ from . import metrics
 from .api import plan, rebalance_experts
 from .placement import Placement
 from .recorder import HotnessRecorder
+from .redeploy import Balancer, Update, align_to, simulate
 
-__all__ = ["HotnessRecorder", "Placement", "metrics", "plan", "rebalance_experts"]
+__all__ = ["Balancer", "HotnessRecorder", "Placement", "Update", "align_to", "metrics", "plan",
+           "rebalance_experts", "simulate"]
 __version__ = "0.1.0"

@@ -92,8 +92,8 @@ def _auto_rounds(P: int, T: int) -> int:
     return 0
 
 
-def _search(w, ew, P, D, *, seed, smoothing, move_penalty, rounds, deadline, anchor):
-    """Best placement per problem over the candidates. Returns slots [B, P], H [B]."""
+def _search(w, ew, P, D, *, seed, smoothing, rounds, deadline):
+    """Best fresh placement per problem over the candidates. Returns slots [B, P], H [B]."""
     B, T, N = w.shape
     cands = _candidates(w, ew, P, D)  # [B, K, N]
     K = cands.shape[1]
@@ -103,11 +103,9 @@ def _search(w, ew, P, D, *, seed, smoothing, move_penalty, rounds, deadline, anc
         same = (cands[:, k : k + 1] == cands[:, :k]).all(-1).any(-1)
         keep[:, k] = ~same
     bi, ki = keep.nonzero(as_tuple=True)
-    anc = anchor[bi] if anchor is not None else None
     budget = 0.0 if deadline is None else max(deadline - time.perf_counter(), 1e-3)
     slots, _, stats = ops.joint_search(
-        w[bi], ew[bi], cands[bi, ki], None, anc, D, P, smoothing, move_penalty, rounds, seed,
-        budget)
+        w[bi], ew[bi], cands[bi, ki], None, None, D, P, smoothing, 0.0, rounds, seed, budget)
     score = torch.full((B, K), float("inf"), dtype=torch.float64)
     score[bi, ki] = stats[:, 1]
     best = score.argmin(1)
@@ -120,8 +118,8 @@ def _search(w, ew, P, D, *, seed, smoothing, move_penalty, rounds, deadline, anc
     while deadline is not None and time.perf_counter() < deadline - 2e-3:
         left = deadline - time.perf_counter()
         slots, _, stats = ops.joint_search(
-            w, ew, torch.zeros(B, N, dtype=torch.int64), out, anchor, D, P, smoothing,
-            move_penalty, max(rounds, 8), seed + 7919 * wave, left)
+            w, ew, torch.zeros(B, N, dtype=torch.int64), out, None, D, P, smoothing, 0.0,
+            max(rounds, 8), seed + 7919 * wave, left)
         better = stats[:, 1] < h - 1e-12
         out[better] = slots[better]
         h = torch.where(better, stats[:, 1], h)
@@ -157,33 +155,24 @@ def solve(h: torch.Tensor, num_physical: int, num_devices: int, *, num_groups=No
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     w, ew = normalise(h, D, episode_weights(T, recency_half_life))  # [L, T, N], [L, T]
+    if previous is not None and move_penalty > 0 and M == 1 and not bool(previous.has_duplicates().any()):
+        # Moves cost: search from the placement in service (a fresh plan would move most slots).
+        return _stay_close(None, previous, w, ew, D, P, seed=seed, smoothing=smoothing,
+                           move_penalty=move_penalty, rounds=rounds, deadline=deadline, warm=True)
 
-    anchor = None if previous is None else previous.phy2log.to(torch.int64)
     if M > 1:
         mean = (w * ew.unsqueeze(-1)).sum(1)
         mlog2log = groups_to_nodes(mean, num_groups, M)  # [L, N]
-        log2mlog = torch.empty_like(mlog2log).scatter_(
-            1, mlog2log, torch.arange(N).expand(L, N))
         wn = w.gather(2, mlog2log.unsqueeze(1).expand(L, T, N))
         wn = wn.view(L, T, M, N // M).permute(0, 2, 1, 3).reshape(L * M, T, N // M)
         ewn = ew.repeat_interleave(M, 0)
-        if anchor is not None:
-            # Node-local ids of the previous placement; experts that now belong to another
-            # node can never stay, so any id marks them (they only cost moves).
-            local = log2mlog.gather(1, anchor) - (torch.arange(P) // (P // M) * (N // M))
-            anchor_n = torch.where((local >= 0) & (local < N // M), local,
-                                   torch.zeros_like(local)).view(L * M, P // M)
-        else:
-            anchor_n = None
         slots, _ = _search(wn, ewn, P // M, D // M, seed=seed, smoothing=smoothing,
-                           move_penalty=move_penalty, rounds=rounds, deadline=deadline,
-                           anchor=anchor_n)
+                           rounds=rounds, deadline=deadline)
         phy = nodes_to_layer(slots, mlog2log, M)
         greedy = greedy_hierarchical(h.sum(0), P, num_groups, M, D)
     else:
-        phy, _ = _search(w, ew, P, D, seed=seed, smoothing=smoothing,
-                         move_penalty=move_penalty, rounds=rounds, deadline=deadline,
-                         anchor=anchor)
+        phy, _ = _search(w, ew, P, D, seed=seed, smoothing=smoothing, rounds=rounds,
+                         deadline=deadline)
         greedy = greedy_global(h.sum(0), P, D)
 
     # Never worse than the default greedy where the greedy's placement is admissible.
@@ -191,6 +180,44 @@ def solve(h: torch.Tensor, num_physical: int, num_devices: int, *, num_groups=No
     theirs = weighted_peak_ratio(greedy, w, ew, D)
     g = Placement.from_phy2log(greedy, N, D)
     take = (theirs < ours - 1e-12) & ~g.has_duplicates()
-    if move_penalty == 0 and bool(take.any()):
+    if bool(take.any()):
         phy = torch.where(take.unsqueeze(1), greedy, phy)
-    return Placement.from_phy2log(phy, N, D)
+    result = Placement.from_phy2log(phy, N, D)
+    if previous is None:
+        return result
+    return _stay_close(result, previous, w, ew, D, P, seed=seed, smoothing=smoothing,
+                       move_penalty=move_penalty, rounds=rounds, deadline=deadline,
+                       warm=M == 1)
+
+
+def _stay_close(fresh: Placement, previous: Placement, w, ew, D, P, *, seed, smoothing,
+                move_penalty, rounds, deadline, warm) -> Placement:
+    """Per layer, the better of the fresh placement aligned to ``previous`` and a search that
+    starts from ``previous`` itself and pays ``move_penalty`` per moved slot; the score is
+    peak/avg + move_penalty * moves, ties going to fewer moves. ``fresh=None``: the search
+    from ``previous`` alone (every layer of ``previous`` must be duplicate-free)."""
+    from ..redeploy.align import align_to
+
+    if fresh is not None:
+        fresh = align_to(fresh, previous)
+    if not warm:
+        return fresh
+    rows = (~previous.has_duplicates()).nonzero().flatten()
+    if rows.numel() == 0:
+        return fresh
+    old = previous.phy2log[rows].to(torch.int64)
+    budget = 0.0 if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+    slots, _, _ = ops.joint_search(w[rows], ew[rows], torch.zeros(rows.numel(), w.shape[2], dtype=torch.int64),
+                                   old, old, D, P, smoothing, move_penalty, rounds, seed, budget)
+    near = align_to(Placement.from_phy2log(slots, w.shape[2], D), previous.select_layers(rows))
+    if fresh is None:  # every layer was searched from the placement in service
+        return near
+
+    def score(phy, w_, ew_, before):
+        moved = (phy != before).sum(1).to(torch.float64)
+        return weighted_peak_ratio(phy, w_, ew_, D) + (move_penalty + 1e-9) * moved
+
+    better = score(near.phy2log, w[rows], ew[rows], old) < score(fresh.phy2log[rows], w[rows], ew[rows], old)
+    phy = fresh.phy2log.clone()
+    phy[rows[better]] = near.phy2log[better]
+    return Placement.from_phy2log(phy, w.shape[2], D)

@@ -7,6 +7,7 @@
 #include <optional>
 #include <tuple>
 
+#include "../solver/assignment.h"
 #include "../solver/joint_search.h"
 
 namespace flashlb {
@@ -86,15 +87,35 @@ std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
   return {slots, cnt, stats};
 }
 
+// scores [B, n, n] f64 -> [B, n] i64: row i matched to column out[i], maximising the sum.
+Tensor max_assignment_cpu(const Tensor& scores) {
+  TORCH_CHECK_VALUE(scores.dim() == 3 && scores.size(1) == scores.size(2),
+                    "max_assignment: scores must be [B, n, n], got ", scores.sizes());
+  TORCH_CHECK_VALUE(scores.scalar_type() == at::kDouble, "max_assignment: scores must be float64");
+  const int64_t B = scores.size(0), n = scores.size(1);
+  Tensor s = scores.contiguous();
+  Tensor out = at::empty({B, n}, scores.options().dtype(at::kLong));
+  const double* sp = s.data_ptr<double>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) max_assignment(n, sp + b * n * n, op + b * n);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(flashlb, m) {
+  m.def("max_assignment(Tensor scores) -> Tensor");
   m.def(
       "joint_search(Tensor loads, Tensor episode_weights, Tensor counts, Tensor? init_slots, "
       "Tensor? anchor, int num_devices, int num_physical, float smoothing, float move_penalty, "
       "int perturb_rounds, int seed, float time_limit) -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(flashlb, CPU, m) { m.impl("joint_search", &joint_search_cpu); }
+TORCH_LIBRARY_IMPL(flashlb, CPU, m) {
+  m.impl("joint_search", &joint_search_cpu);
+  m.impl("max_assignment", &max_assignment_cpu);
+}
 
 }  // namespace flashlb

@@ -1,0 +1,7 @@
+"""Redeployment: fewest expert moves, layer-wise cherry-picking, and replay of traces."""
+
+from .align import align_to
+from .balancer import Balancer, Update
+from .simulate import POLICIES, SimulationResult, simulate
+
+__all__ = ["align_to", "Balancer", "Update", "simulate", "SimulationResult", "POLICIES"]

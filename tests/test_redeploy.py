@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+import flashlb
+from flashlb import Balancer, Placement, metrics
+from flashlb.redeploy import align_to
+from flashlb.synthetic import drifting_trace
+
+
+def random_placement(L, N, D, S, seed):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.rand(L, N, generator=g, dtype=torch.float64) ** 3
+    return flashlb.plan(h, D * S, D)
+
+
+def test_align_keeps_loads_and_minimises_moves():
+    old = random_placement(3, 12, 4, 4, 0)
+    # the same placement with devices and slots shuffled must align back to zero moves
+    g = torch.Generator().manual_seed(1)
+    dv = old.device_view()[:, torch.randperm(4, generator=g)]
+    dv = dv[..., torch.randperm(4, generator=g)]
+    shuffled = Placement.from_phy2log(dv.reshape(3, 16), 12, 4)
+    assert int(metrics.moves(old, shuffled).sum()) > 0
+    aligned = align_to(shuffled, old)
+    assert metrics.moves(old, aligned).tolist() == [0, 0, 0]
+    h = torch.rand(3, 12, generator=g, dtype=torch.float64)
+    assert torch.allclose(metrics.device_loads(aligned, h).sort(-1).values,
+                          metrics.device_loads(shuffled, h).sort(-1).values)
+
+
+def test_align_is_optimal_on_small_cases():
+    import itertools
+
+    for seed in range(5):
+        old = random_placement(1, 6, 3, 2, seed)
+        new = random_placement(1, 6, 3, 2, seed + 100)
+        got = int(metrics.moves(old, align_to(new, old)))
+        dv = new.device_view()[0]
+        best = min(
+            int(metrics.moves(old, Placement.from_phy2log(
+                torch.stack([dv[d][list(o)] for d, o in zip(perm, orders)]).reshape(1, 6), 6, 3)))
+            for perm in itertools.permutations(range(3))
+            for orders in itertools.product(itertools.permutations(range(2)), repeat=3))
+        assert got == best
+
+
+def test_move_penalty_buys_fewer_moves():
+    tr = drifting_trace(32, 6, 64, seed=2, skew=0.6, drift=0.1, burst=0.2)
+    old = flashlb.plan(tr[:16], 80, 16)
+    free = flashlb.plan(tr[16:], 80, 16, previous=old)
+    cheap = flashlb.plan(tr[16:], 80, 16, previous=old, move_penalty=1e-3)
+    cheap.validate()
+    assert metrics.moves(old, cheap).sum() < metrics.moves(old, free).sum()
+    assert metrics.balance_ratio(cheap, tr[16:]).mean() <= metrics.balance_ratio(old, tr[16:]).mean()
+
+
+def test_balancer_cherry_picks_and_keeps_other_layers():
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(4, 3, 32, generator=g, dtype=torch.float64) + 1
+    current = flashlb.plan(h, 48, 8)
+    h2 = h.clone()
+    h2[:, 1, :4] *= 30  # only layer 1 goes out of balance
+    bal = Balancer(48, 8, threshold=1.05, expert_bytes=1000)
+    up = bal.step(h2, current)
+    assert up.layers.tolist() == [1]
+    assert torch.equal(up.placement.phy2log[[0, 2]], current.phy2log[[0, 2]])
+    assert up.after[1] < up.before[1]
+    assert up.bytes_moved == int(up.moves.sum()) * 1000
+    up.placement.validate()
+    # quiet window: nothing changes
+    up2 = bal.step(h2, up.placement)
+    assert not up2.changed and torch.equal(up2.placement.phy2log, up.placement.phy2log)
+
+
+def test_balancer_caps_layers_per_cycle_most_gain_first():
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(2, 4, 32, generator=g, dtype=torch.float64) + 1
+    current = flashlb.plan(h, 48, 8)
+    h2 = h.clone()
+    for layer, factor in ((0, 5), (2, 40), (3, 12)):
+        h2[:, layer, :3] *= factor
+    up = Balancer(48, 8, threshold=1.05, max_layers_per_cycle=2).step(h2, current)
+    assert up.layers.numel() == 2
+    gains = (up.before - up.after)[up.layers]
+    assert gains[0] >= gains[1]
+
+
+def test_balancer_state_round_trip(tmp_path):
+    h = torch.rand(2, 3, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    p = flashlb.plan(h, 24, 4)
+    a = Balancer(24, 4)
+    a.step(h, p)
+    a.save(tmp_path / "state.pt")
+    b = Balancer(24, 4)
+    b.load(tmp_path / "state.pt")
+    assert b.cycles == 1 and torch.equal(a.reference, b.reference)
+    with pytest.raises(ValueError, match="reference"):
+        b.load_state_dict({"reference": [1.0], "cycles": 0})
+
+
+def test_balancer_bad_input():
+    p = flashlb.plan(torch.rand(2, 16), 24, 4)
+    with pytest.raises(ValueError, match="threshold"):
+        Balancer(24, 4, threshold=0.5)
+    with pytest.raises(ValueError, match="current must place"):
+        Balancer(32, 4).step(torch.rand(2, 16), p)
+    with pytest.raises(TypeError):
+        Balancer(24, 4).step(torch.rand(2, 16), "placement")
+
+
+def test_simulate_reports_every_policy():
+    tr = drifting_trace(96, 3, 32, tokens_per_episode=2048, seed=4, drift=0.05)
+    res = flashlb.simulate(tr, 48, 8, cycle_len=24, episode_len=8)
+    assert set(res) == {"cherry-pick", "every-cycle", "default"}
+    for r in res.values():
+        assert r.ratio.shape == (72,) and r.moves.shape == (3,) and r.mean_ratio >= 1
+    assert res["cherry-pick"].total_moves <= res["default"].total_moves
+    with pytest.raises(ValueError, match="two cycles"):
+        flashlb.simulate(tr[:30], 48, 8, cycle_len=24)
