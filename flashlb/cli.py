@@ -20,6 +20,74 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class _Progress:
+    """A progress line on stderr for work that takes more than a second.
+
+    ``update(i, n)`` draws a bar; without updates a ticking clock shows the work is alive.
+    """
+
+    def __init__(self, label: str):
+        import threading
+
+        self.label = label
+        self.start = time.perf_counter()
+        self.done = threading.Event()
+        self.shown = False
+        self.frac = None
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def update(self, i: int, n: int) -> None:
+        self.frac = (i, n)
+
+    def _tick(self):
+        while not self.done.wait(0.2):
+            el = time.perf_counter() - self.start
+            if el < 1.0:
+                continue
+            self.shown = True
+            if self.frac:
+                i, n = self.frac
+                fill = int(30 * i / max(n, 1))
+                bar = f"[{'#' * fill}{'.' * (30 - fill)}] {i}/{n}"
+            else:
+                bar = "..."
+            sys.stderr.write(f"\r{self.label} {bar} {el:.1f} s")
+            sys.stderr.flush()
+
+
+def _writable(path: Path, suffixes: tuple[str, ...]) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise CliError(f"{path}: the output must end in {', '.join(suffixes)}")
+    if not path.parent.is_dir():
+        raise CliError(f"{path.parent}: no such directory")
+    if not os.access(path.parent, os.W_OK):
+        raise CliError(f"{path.parent}: not writable")
+    return path
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"{out}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK):
+        raise CliError(f"{out}: not writable")
+    return out
+
+
 def _data_dir() -> Path | None:
     """The shared real statistics, if this checkout has them beside it."""
     env = os.environ.get("FLASHLB_DATA")
@@ -33,73 +101,226 @@ def _data_dir() -> Path | None:
     return None
 
 
-def _read_loads(path: str, drop_empty: bool = True) -> tuple[torch.Tensor, list[int]]:
-    """Loads as [T, L, N] plus the indices of the layers kept (all-zero layers dropped)."""
+def _read_loads(path: str, episode_len: int | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Loads as [T, L, N] (every layer of the file) and the layers that carry load.
+
+    With ``episode_len``, a per-step file [S, L, N] is cut into episodes of that many steps.
+    Layers without load (the dense layers of a whole-model recording) are planned too, so the
+    placement covers every layer the file has, but statistics skip them.
+    """
     from .io import load_hotness
 
     try:
         h = load_hotness(path)
-    except FileNotFoundError as exc:
-        raise CliError(str(exc)) from None
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
+    if not (h.dtype.is_floating_point or h.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+        raise CliError(f"{path}: loads must be numbers, got {h.dtype}")
     h = h.to(torch.float64)
+    if not bool(torch.isfinite(h).all()) or bool((h < 0).any()):
+        raise CliError(f"{path}: loads must be finite and >= 0")
     if h.dim() == 2:
         h = h.unsqueeze(0)
-    layers = list(range(h.shape[1]))
-    if drop_empty:
-        live = h.sum((0, 2)) > 0
-        if not bool(live.any()):
-            raise CliError(f"{path}: every layer has zero load")
-        layers = live.nonzero().flatten().tolist()
-        h = h[:, live]
-    return h, layers
+    if episode_len is not None:
+        if episode_len < 1:
+            raise CliError(f"--episode-len must be >= 1, got {episode_len}")
+        from .ops import episode_stats
+
+        h = episode_stats(h, episode_len)[0].to(torch.float64)
+    live = (h.sum((0, 2)) > 0).nonzero().flatten().tolist()
+    if not live:
+        raise CliError(f"{path}: every layer has zero load")
+    return h, live
 
 
-def _table(h: torch.Tensor, before, after, layers: list[int], P: int, D: int, rows: int = 8) -> str:
+def _table(h, before, after, live, P, D, *, before_name="default", after_name="flashlb",
+           moves=None, rows=8) -> str:
+    """Per-layer peak/avg before and after (the worst-balanced layers), bound and moves."""
     from . import metrics
 
-    lb = (metrics.lower_bound_peak(h.sum(0), P, D) / (h.sum(0).sum(-1) / D)).tolist()
-    rb = metrics.balance_ratio(before, h).tolist()
-    ra = metrics.balance_ratio(after, h).tolist()
-    out = [f"{'layer':>6} {'default':>9} {'flashlb':>9} {'bound':>9}"]
-    order = sorted(range(len(layers)), key=lambda i: -rb[i])[:rows]
+    idx = torch.tensor(live)
+    hl = h[:, idx]
+    lb = (metrics.lower_bound_peak(hl.sum(0), P, D) / (hl.sum(0).sum(-1) / D)).tolist()
+    rb = metrics.balance_ratio(before.select_layers(idx), hl).tolist()
+    ra = metrics.balance_ratio(after.select_layers(idx), hl).tolist()
+    out = [f"{'layer':>6} {before_name:>9} {after_name:>9} {'bound':>9}" + (f" {'moves':>6}" if moves is not None else "")]
+    order = sorted(range(len(live)), key=lambda i: -rb[i])[:rows]
     for i in sorted(order):
-        out.append(f"{layers[i]:>6} {rb[i]:9.4f} {ra[i]:9.4f} {lb[i]:9.4f}")
-    if len(layers) > rows:
-        out.append(f"({rows} of {len(layers)} layers shown: those the default balances worst)")
+        line = f"{live[i]:>6} {rb[i]:9.4f} {ra[i]:9.4f} {lb[i]:9.4f}"
+        out.append(line + (f" {int(moves[live[i]]):6d}" if moves is not None else ""))
+    if len(live) > rows:
+        out.append(f"({rows} of {len(live)} layers with load shown: those {before_name} balances worst; "
+                   "bound: a lower bound for the summed window)")
     return "\n".join(out)
+
+
+def _mean_ratio(placement, h, live) -> float:
+    from . import metrics
+
+    idx = torch.tensor(live)
+    return metrics.balance_ratio(placement.select_layers(idx), h[:, idx]).mean().item()
 
 
 def cmd_plan(args) -> int:
     from . import metrics, plan
     from .placement import Placement
 
-    h, layers = _read_loads(args.loads)
-    out = Path(args.output)
-    if out.suffix.lower() not in (".json", ".pt", ".safetensors"):
-        raise CliError(f"{out}: the output must end in .json, .pt or .safetensors")
-    if not out.parent.exists():
-        raise CliError(f"{out.parent}: no such directory")
-    t = time.perf_counter()
+    h, live = _read_loads(args.loads, args.episode_len)
+    out = _writable(Path(args.output), (".json", ".pt", ".safetensors"))
+    previous = None
+    if args.previous:
+        try:
+            previous = Placement.load(args.previous, num_devices=args.devices, num_experts=h.shape[2])
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--previous {args.previous}: {exc}") from None
     try:
-        new = plan(h, args.physical, args.devices, algorithm=args.algorithm,
-                   num_groups=args.groups, num_nodes=args.nodes, time_budget=args.time_budget)
-        base = plan(h, args.physical, args.devices, algorithm="default",
-                    num_groups=args.groups, num_nodes=args.nodes)
+        t = time.perf_counter()
+        with _Progress(f"planning {h.shape[1]} layers"):
+            new = plan(h, args.physical, args.devices, algorithm=args.algorithm, num_groups=args.groups,
+                       num_nodes=args.nodes, time_budget=args.time_budget, previous=previous,
+                       move_penalty=args.move_penalty)
+        dt = time.perf_counter() - t
+        base = previous if previous is not None else plan(
+            h, args.physical, args.devices, algorithm="default", num_groups=args.groups, num_nodes=args.nodes)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    dt = time.perf_counter() - t
     try:
         new.save(out)
     except OSError as exc:
         raise CliError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    print(_table(h, base, new, layers, args.physical, args.devices))
-    rb = metrics.balance_ratio(base, h).mean().item()
-    ra = metrics.balance_ratio(new, h).mean().item()
-    print(f"{len(layers)} layers x {h.shape[2]} experts, {args.physical} slots on {args.devices} devices: "
-          f"peak/avg {rb:.4f} (default) -> {ra:.4f} ({args.algorithm}) in {dt:.2f} s; wrote {out}")
-    _ = Placement  # the file is a Placement; `Placement.load(path, num_devices=...)` reads it
+    before = "previous" if previous is not None else "default"
+    moves = metrics.moves(base, new) if previous is not None else None
+    print(_table(h, base, new, live, args.physical, args.devices, before_name=before,
+                 after_name=args.algorithm, moves=moves))
+    moved = f", {int(moves.sum())} slots moved" if moves is not None else ""
+    print(f"{len(live)} layers with load x {h.shape[2]} experts, {args.physical} slots on {args.devices} "
+          f"devices: peak/avg {_mean_ratio(base, h, live):.4f} ({before}) -> "
+          f"{_mean_ratio(new, h, live):.4f} ({args.algorithm}) in {dt:.2f} s{moved}; wrote {out}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .redeploy import simulate
+
+    h, live = _read_loads(args.trace)
+    h = h[:, torch.tensor(live)]
+    try:
+        with _Progress("simulating") as prog:
+            res = simulate(h, args.physical, args.devices, cycle_len=args.cycle_len,
+                           episode_len=args.episode_len, progress=prog.update,
+                           balancer_options={"threshold": args.threshold, "move_penalty": args.move_penalty})
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    _print_simulation(res)
+    if args.out:
+        out = _out_dir(args.out)
+        path = _plot_simulation(res, out)
+        print(f"figure written to {path}")
+    return 0
+
+
+def _print_simulation(res) -> None:
+    print(f"{'policy':12s} {'per-step peak/avg':>18s} {'moves':>9s} {'layers/cycle':>13s}")
+    for name, r in res.items():
+        print(f"{name:12s} {r.mean_ratio:18.4f} {r.total_moves:9d} {r.layers.float().mean():13.1f}")
+    if "cherry-pick" in res and "default" in res:
+        cp, de = res["cherry-pick"], res["default"]
+        print(f"cherry-pick moved {100 * cp.total_moves / max(de.total_moves, 1):.1f}% of the default's slots")
+
+
+def _save_figure(fig, path: Path) -> Path:
+    from .placement import atomic_write
+
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    return path
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        raise CliError("flashlb report needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_simulation(res, out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    for name, r in res.items():
+        k = max(1, r.ratio.numel() // 200)  # smooth: mean over k steps
+        y = r.ratio[: r.ratio.numel() // k * k].view(-1, k).mean(1)
+        ax.plot(torch.arange(y.numel()) * k, y, label=f"{name} (mean {r.mean_ratio:.3f}, {r.total_moves} moves)")
+    ax.set_xlabel("step (after the first cycle)")
+    ax.set_ylabel("peak / average device load")
+    ax.set_title("Per-step balance, mean over layers")
+    ax.legend()
+    path = _save_figure(fig, out / "simulation.png")
+    plt.close(fig)
+    return path
+
+
+def cmd_report(args) -> int:
+    from . import metrics, plan
+
+    h, live = _read_loads(args.loads, args.episode_len)
+    out = _out_dir(args.out)
+    plt = _plt()
+    try:
+        with _Progress(f"planning {h.shape[1]} layers"):
+            base = plan(h, args.physical, args.devices, algorithm="default")
+            new = plan(h, args.physical, args.devices)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    idx = torch.tensor(live)
+    hl = h[:, idx]
+    written = []
+    # 1. device-load heat maps: layers x devices (load / average), summed window
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    loads = {}
+    for ax, (name, p) in zip(axes, (("default", base), ("flashlb", new))):
+        dl = metrics.device_loads(p.select_layers(idx), hl.sum(0))
+        rel = dl / dl.mean(-1, keepdim=True).clamp_min(1e-12)
+        loads[name] = rel
+    vmax = max(float(r.max()) for r in loads.values())
+    for ax, (name, rel) in zip(axes, loads.items()):
+        im = ax.imshow(rel.numpy(), aspect="auto", cmap="magma", vmin=min(float(r.min()) for r in loads.values()), vmax=vmax)
+        ax.set_title(f"{name}: device load / average (peak {float(rel.max()):.3f})")
+        ax.set_xlabel("device")
+    axes[0].set_ylabel("layer (with load)")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    written.append(_save_figure(fig, out / "device_loads.png"))
+    plt.close(fig)
+    # 2. peak/avg per layer for each algorithm, and the lower bound
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for name, p in (("default", base), ("flashlb", new)):
+        r = metrics.balance_ratio(p.select_layers(idx), hl)
+        ax.plot(live, r.numpy(), marker=".", label=f"{name} (mean {r.mean():.4f})")
+    lb = metrics.lower_bound_peak(hl.sum(0), args.physical, args.devices) / (hl.sum(0).sum(-1) / args.devices)
+    ax.plot(live, lb.numpy(), linestyle=":", color="gray", label="lower bound (summed window)")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("per-episode peak / average")
+    ax.set_title(f"{args.physical} slots on {args.devices} devices")
+    ax.legend()
+    written.append(_save_figure(fig, out / "peak_per_layer.png"))
+    plt.close(fig)
+    # 3. optional: replay the file (its steps, before any episode cut) as a per-step trace
+    if args.cycle_len:
+        from .redeploy import simulate
+
+        raw, raw_live = _read_loads(args.loads)
+        try:
+            with _Progress("simulating") as prog:
+                res = simulate(raw[:, torch.tensor(raw_live)], args.physical, args.devices, cycle_len=args.cycle_len,
+                               episode_len=16, progress=prog.update)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        _print_simulation(res)
+        written.append(_plot_simulation(res, out))
+    print(f"peak/avg {_mean_ratio(base, h, live):.4f} (default) -> {_mean_ratio(new, h, live):.4f} (flashlb)")
+    print("figures written:", ", ".join(str(p) for p in written))
     return 0
 
 
@@ -107,8 +328,7 @@ def cmd_demo(args) -> int:
     from . import metrics, plan
     from .synthetic import drifting_trace
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args.out)
     print("flashlb demo: a synthetic DeepSeek-V3-sized trace (58 layers x 256 experts, 32 episodes)")
     trace = drifting_trace(32, 58, 256, seed=0, skew=0.6, drift=0.05, burst=0.15)
     window, following = trace[:16], trace[16:]
@@ -121,38 +341,68 @@ def cmd_demo(args) -> int:
         nxt = (metrics.balance_ratio(base, following).mean().item(), metrics.balance_ratio(new, following).mean().item())
         print(f"  {P} slots / {D} devices: per-episode peak/avg on the window {fit[0]:.4f} (default) "
               f"-> {fit[1]:.4f} (flashlb); on the next window {nxt[0]:.4f} -> {nxt[1]:.4f}; {dt:.2f} s")
+    torch.save({"logical_count": trace}, out / "synthetic_trace.pt")
     data = _data_dir()
     if data is None:
         print("real DeepSeek-V3 statistics not found (set FLASHLB_DATA to their folder); skipped")
+        src = str(out / "synthetic_trace.pt")
     else:
-        f = sorted(data.glob("*.json"))[0]
-        h, layers = _read_loads(str(f))
-        new = plan(h, 288, 32)
-        base = plan(h, 288, 32, algorithm="default")
-        path = out / "placement.json"
-        new.save(path)
-        print(f"real statistics {f.name}: {len(layers)} MoE layers, 288 slots / 32 devices")
-        print(_table(h, base, new, layers, 288, 32, rows=5))
-        print(f"  peak/avg {metrics.balance_ratio(base, h).mean().item():.5f} (default) -> "
-              f"{metrics.balance_ratio(new, h).mean().item():.5f} (flashlb); placement written to {path}")
+        src = str(sorted(data.glob("*.json"))[0])
+    args_plan = argparse.Namespace(loads=src, devices=32, physical=288, nodes=1, groups=None,
+                                   algorithm="flashlb", time_budget=None, previous=None, move_penalty=0.0,
+                                   episode_len=None, output=str(out / "placement.json"))
+    print(f"\n$ flashlb plan {src} --devices 32 --physical 288 -o {out / 'placement.json'}")
+    cmd_plan(args_plan)
+    print(f"\n$ flashlb report {src} --devices 32 --physical 288 --out {out}")
+    cmd_report(argparse.Namespace(loads=src, devices=32, physical=288, episode_len=None, out=str(out), cycle_len=None))
+    print(f"\ndemo finished: placement and figures are in {out}/")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flashlb", description="Expert-parallelism load balancer for MoE inference.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    loads_help = "loads file: .json (SGLang logical_count), .pt (tensor or SGLang dump), .npy, .safetensors"
 
-    q = sub.add_parser("plan", help="plan a placement from recorded expert loads")
-    q.add_argument("loads", help="loads file: .json (SGLang logical_count), .pt, .npy, .safetensors")
-    q.add_argument("--devices", "-d", type=int, required=True, help="number of devices (EP ranks)")
-    q.add_argument("--physical", "-p", type=int, required=True, help="physical expert slots in all")
+    def sizes(q):
+        q.add_argument("--devices", "-d", type=int, required=True, help="number of devices (EP ranks)")
+        q.add_argument("--physical", "-p", type=int, required=True, help="physical expert slots in all")
+
+    q = sub.add_parser("plan", help="plan a placement from recorded expert loads",
+                       description="Plan a placement; print per-layer peak/avg before and after.")
+    q.add_argument("loads", help=loads_help)
+    sizes(q)
     q.add_argument("--nodes", type=int, default=1, help="nodes, for hierarchical placement")
     q.add_argument("--groups", type=int, default=None, help="expert groups (group-limited routing)")
+    q.add_argument("--episode-len", type=int, default=None, help="cut a per-step file into episodes of this many steps")
     q.add_argument("--algorithm", choices=("flashlb", "default"), default="flashlb")
     q.add_argument("--time-budget", type=float, default=None, help="seconds for the anytime search")
-    q.add_argument("-o", "--output", required=True, help="placement file: .json (SGLang), .pt, .safetensors")
+    q.add_argument("--previous", default=None, help="placement in service (.json/.pt/.safetensors): keep experts in place")
+    q.add_argument("--move-penalty", type=float, default=0.0, help="cost of one moved slot, in peak/avg units (with --previous)")
+    q.add_argument("-o", "--output", required=True, help="placement file: .json (SGLang --init-expert-location), .pt, .safetensors")
     q.set_defaults(func=cmd_plan)
+
+    q = sub.add_parser("simulate", help="replay a per-step trace through decision cycles",
+                       description="Replay a per-step trace [S, L, N]: flashlb with cherry-picking, "
+                                   "flashlb every cycle, the default greedy every cycle.")
+    q.add_argument("trace", help=loads_help + "; per-step loads [S, L, N]")
+    sizes(q)
+    q.add_argument("--cycle-len", type=int, default=128, help="steps between decisions")
+    q.add_argument("--episode-len", type=int, default=16, help="steps per episode in a decision")
+    q.add_argument("--threshold", type=float, default=1.08, help="cherry-pick: re-plan layers above this peak/avg")
+    q.add_argument("--move-penalty", type=float, default=3e-4, help="cherry-pick: cost of one moved slot")
+    q.add_argument("--out", default=None, help="folder for the time-series figure")
+    q.set_defaults(func=cmd_simulate)
+
+    q = sub.add_parser("report", help="PNG figures: device loads, peak/avg per layer, simulation",
+                       description="Write PNG figures comparing flashlb with the default greedy.")
+    q.add_argument("loads", help=loads_help)
+    sizes(q)
+    q.add_argument("--episode-len", type=int, default=None, help="cut a per-step file into episodes")
+    q.add_argument("--cycle-len", type=int, default=None, help="also replay the file as a per-step trace")
+    q.add_argument("--out", required=True, help="folder for the figures")
+    q.set_defaults(func=cmd_report)
 
     q = sub.add_parser("demo", help="run flashlb on a bundled synthetic trace and the real statistics")
     q.add_argument("--out", default="flashlb-demo", help="folder for what the demo writes")
@@ -170,6 +420,9 @@ def main(argv=None) -> int:
             raise
         print(f"flashlb: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("flashlb: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flashlb import Placement
+from flashlb.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "flashlb.cli", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def loads_json(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    h = torch.rand(4, 32, generator=g) ** 3 * 1000
+    h[0] = 0  # a dense layer, as in whole-model recordings
+    path = tmp_path / "loads.json"
+    path.write_text(json.dumps({"logical_count": h.tolist()}))
+    return path
+
+
+def test_help_for_every_command():
+    for args in ([], ["plan"], ["simulate"], ["report"], ["demo"]):
+        r = run(*args, "--help")
+        assert r.returncode == 0 and "usage: flashlb" in r.stdout
+
+
+@pytest.mark.parametrize("suffix", [".json", ".pt", ".safetensors"])
+def test_plan_writes_a_placement(tmp_path, loads_json, capsys, suffix):
+    out = tmp_path / f"placement{suffix}"
+    assert main(["plan", str(loads_json), "--devices", "8", "--physical", "48", "-o", str(out)]) == 0
+    p = Placement.load(out, num_devices=8, num_experts=32).validate()
+    assert p.num_layers == 4  # every layer of the file, the dense one included
+    text = capsys.readouterr().out
+    assert "peak/avg" in text and "wrote" in text
+
+
+def test_plan_with_previous_reports_moves(tmp_path, loads_json, capsys):
+    first = tmp_path / "a.json"
+    main(["plan", str(loads_json), "-d", "8", "-p", "48", "-o", str(first)])
+    second = tmp_path / "b.json"
+    assert main(["plan", str(loads_json), "-d", "8", "-p", "48", "--previous", str(first),
+                 "--move-penalty", "0.001", "-o", str(second)]) == 0
+    assert "0 slots moved" in capsys.readouterr().out
+
+
+def test_plan_on_the_real_statistics(tmp_path, real_hotness):
+    from conftest import real_files
+
+    r = run("plan", str(real_files()[0]), "-d", "32", "-p", "288", "-o", str(tmp_path / "p.json"))
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert len(data["physical_to_logical_map"]) == 61  # SGLang expects every layer
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["plan", "missing.json", "-d", "2", "-p", "4", "-o", "OUT/p.json"], "no such file"),
+        (["plan", "LOADS", "-d", "8", "-p", "50", "-o", "OUT/p.json"], "multiple of num_devices"),
+        (["plan", "LOADS", "-d", "8", "-p", "48", "-o", "OUT/p.txt"], "must end in"),
+        (["plan", "LOADS", "-d", "8", "-p", "48", "-o", "OUT/nodir/p.json"], "no such directory"),
+        (["plan", "BAD", "-d", "8", "-p", "48", "-o", "OUT/p.json"], "not valid JSON"),
+        (["plan", "TXT", "-d", "8", "-p", "48", "-o", "OUT/p.json"], "unknown format"),
+        (["plan", "LOADS", "-d", "8", "-p", "48", "--previous", "LOADS", "-o", "OUT/p.json"], "--previous"),
+    ],
+)
+def test_errors_are_one_line_exit_2(tmp_path, loads_json, args, message):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "x.txt").write_text("1 2 3")
+    subst = {"LOADS": str(loads_json), "BAD": str(tmp_path / "bad.json"), "TXT": str(tmp_path / "x.txt")}
+    args = [subst.get(a, a.replace("OUT", str(tmp_path))) for a in args]
+    r = run(*args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_simulate_and_report(tmp_path, capsys):
+    from flashlb.synthetic import drifting_trace
+
+    trace = tmp_path / "trace.pt"
+    torch.save({"logical_count": drifting_trace(64, 2, 16, tokens_per_episode=512, seed=1)}, trace)
+    assert main(["simulate", str(trace), "-d", "4", "-p", "24", "--cycle-len", "16", "--out", str(tmp_path)]) == 0
+    assert "cherry-pick" in capsys.readouterr().out
+    assert main(["report", str(trace), "-d", "4", "-p", "24", "--episode-len", "8", "--cycle-len", "16",
+                 "--out", str(tmp_path / "fig")]) == 0
+    for name in ("device_loads.png", "peak_per_layer.png", "simulation.png"):
+        assert (tmp_path / "fig" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
