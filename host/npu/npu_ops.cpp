@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "acl/acl.h"
+#include "flashlb/op_checks.h"
 #include "flashlb/tiling.h"
 #include "torch_npu/csrc/core/npu/NPUStream.h"
 
@@ -47,19 +48,9 @@ bool debug_checks() {
 }
 
 void accumulate_hotness_npu(Tensor hotness, const Tensor& topk_ids, int64_t layer) {
-  TORCH_CHECK_VALUE(hotness.dim() == 2, "accumulate_hotness: hotness must be [L, N], got ", hotness.sizes());
-  TORCH_CHECK_VALUE(topk_ids.dim() == 1 || topk_ids.dim() == 2,
-                    "accumulate_hotness: topk_ids must be [tokens, k], got ", topk_ids.sizes());
-  TORCH_CHECK_VALUE(hotness.device() == topk_ids.device(), "accumulate_hotness: hotness is on ",
-                    hotness.device(), " but topk_ids on ", topk_ids.device());
-  const auto dt = hotness.scalar_type(), it = topk_ids.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kInt || dt == at::kLong || dt == at::kFloat,
-                    "accumulate_hotness: hotness must be int32, int64 or float32, got ", dt);
-  TORCH_CHECK_VALUE(it == at::kInt || it == at::kLong,
-                    "accumulate_hotness: topk_ids must be int32 or int64, got ", it);
-  TORCH_CHECK_VALUE(hotness.is_contiguous(), "accumulate_hotness: hotness must be contiguous");
-  const int64_t L = hotness.size(0), N = hotness.size(1);
-  TORCH_CHECK_INDEX(layer >= 0 && layer < L, "accumulate_hotness: layer ", layer, " is outside [0, ", L, ")");
+  check_accumulate_args(hotness, topk_ids, layer);
+  const auto dt = hotness.scalar_type();
+  const int64_t N = hotness.size(1);
   Tensor ids = topk_ids.contiguous();
   if (debug_checks() && ids.numel() > 0) {  // a host synchronisation: debug only
     const int64_t worst = ids.max().item<int64_t>();
@@ -80,12 +71,8 @@ void accumulate_hotness_npu(Tensor hotness, const Tensor& topk_ids, int64_t laye
 }
 
 std::tuple<Tensor, Tensor, Tensor> episode_stats_npu(const Tensor& steps, int64_t episode_len) {
-  TORCH_CHECK_VALUE(steps.dim() == 3, "episode_stats: steps must be [S, L, N], got ", steps.sizes());
-  TORCH_CHECK_VALUE(episode_len >= 1, "episode_stats: episode_len must be >= 1, got ", episode_len);
-  TORCH_CHECK_VALUE(steps.size(0) >= 1, "episode_stats: steps must hold at least one step");
+  check_episode_args(steps, episode_len);
   const auto dt = steps.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kInt || dt == at::kLong || dt == at::kFloat || dt == at::kDouble,
-                    "episode_stats: steps must be int32, int64, float32 or float64, got ", dt);
   const int64_t S = steps.size(0), L = steps.size(1), N = steps.size(2);
   EpisodeTiling t = episode_tiling(S, L * N, episode_len, vector_cores());
   if (dt != at::kFloat) {  // the kernel sums float32; other dtypes take ATen ops

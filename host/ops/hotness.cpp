@@ -9,6 +9,7 @@
 #include <tuple>
 #include <vector>
 
+#include "flashlb/op_checks.h"
 #include "flashlb/tiling.h"
 
 namespace flashlb {
@@ -67,24 +68,11 @@ void count_ids(const id_t* ids, int64_t n, count_t* row, int64_t N) {
 }
 
 void accumulate_hotness_cpu(Tensor hotness, const Tensor& topk_ids, int64_t layer) {
-  TORCH_CHECK_VALUE(hotness.dim() == 2, "accumulate_hotness: hotness must be [L, N], got ", hotness.sizes());
-  TORCH_CHECK_VALUE(topk_ids.dim() == 1 || topk_ids.dim() == 2,
-                    "accumulate_hotness: topk_ids must be [tokens, k], got ", topk_ids.sizes());
-  TORCH_CHECK_VALUE(hotness.device() == topk_ids.device(), "accumulate_hotness: hotness is on ",
-                    hotness.device(), " but topk_ids on ", topk_ids.device());
-  const auto dt = hotness.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kInt || dt == at::kLong || dt == at::kFloat,
-                    "accumulate_hotness: hotness must be int32, int64 or float32, got ", dt);
-  const auto it = topk_ids.scalar_type();
-  TORCH_CHECK_VALUE(it == at::kInt || it == at::kLong,
-                    "accumulate_hotness: topk_ids must be int32 or int64, got ", it);
-  TORCH_CHECK_VALUE(hotness.is_contiguous(), "accumulate_hotness: hotness must be contiguous");
-  const int64_t L = hotness.size(0), N = hotness.size(1);
-  TORCH_CHECK_INDEX(layer >= 0 && layer < L, "accumulate_hotness: layer ", layer,
-                    " is outside [0, ", L, ")");
+  check_accumulate_args(hotness, topk_ids, layer);
+  const auto dt = hotness.scalar_type(), it = topk_ids.scalar_type();
+  const int64_t N = hotness.size(1);
   Tensor ids = topk_ids.contiguous();
   const int64_t n = ids.numel();
-  TORCH_CHECK_VALUE(n < (int64_t{1} << 32), "accumulate_hotness: at most 2^32 - 1 ids per call");
   AT_DISPATCH_INDEX_TYPES(it, "accumulate_hotness_ids", [&] {
     const index_t* ip = ids.data_ptr<index_t>();
     if (dt == at::kInt) count_ids(ip, n, hotness.data_ptr<int32_t>() + layer * N, N);
@@ -112,12 +100,8 @@ void episode_sums(const in_t* x, acc_t* out, const EpisodeTiling& t) {
 // steps [S, L, N] -> episodes [ceil(S / E), L, N] (sums; int64 for integer input, the input's
 // float type otherwise), mean and var [L, N] over episodes of the sums scaled to E steps.
 std::tuple<Tensor, Tensor, Tensor> episode_stats_cpu(const Tensor& steps, int64_t episode_len) {
-  TORCH_CHECK_VALUE(steps.dim() == 3, "episode_stats: steps must be [S, L, N], got ", steps.sizes());
-  TORCH_CHECK_VALUE(episode_len >= 1, "episode_stats: episode_len must be >= 1, got ", episode_len);
-  TORCH_CHECK_VALUE(steps.size(0) >= 1, "episode_stats: steps must hold at least one step");
+  check_episode_args(steps, episode_len);
   const auto dt = steps.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kInt || dt == at::kLong || dt == at::kFloat || dt == at::kDouble,
-                    "episode_stats: steps must be int32, int64, float32 or float64, got ", dt);
   const int64_t S = steps.size(0), L = steps.size(1), N = steps.size(2);
   EpisodeTiling t = episode_tiling(S, L * N, episode_len, 1);
   Tensor x = steps.contiguous();
