@@ -98,3 +98,20 @@ def test_edges_one_device_one_expert_one_slot(D, T, seed):
     # one slot per device, P = N
     p = flashlb.plan(torch.rand(T, 2, D, generator=g), D, D)
     check_valid(p, torch.rand(T, 2, D), D, D)
+
+
+@FUZZ
+@given(instances(), instances(), st.sampled_from([0.0, 1e-4, 1e-2]))
+def test_plans_near_a_previous_placement_stay_valid(inst, other, penalty):
+    h, P, D = inst
+    old = flashlb.plan(h, P, D)
+    # another window of the same shape: the other instance's values where they fit, else noise
+    h2 = torch.rand(h.shape, generator=torch.Generator().manual_seed(int(other[0].sum()) % 1000), dtype=torch.float64)
+    new = flashlb.plan(h2, P, D, previous=old, move_penalty=penalty)
+    check_valid(new, h2, P, D)
+    from flashlb import metrics
+
+    assert bool((metrics.moves(old, new) <= P).all())
+    # the default greedy's placement (duplicates possible) is a valid "previous" too
+    g = flashlb.plan(h, P, D, algorithm="default")
+    check_valid(flashlb.plan(h2, P, D, previous=g, move_penalty=penalty), h2, P, D)
