@@ -68,7 +68,7 @@ def small_gaps(n):
             continue
         f, dt = timed(flashlb.plan, h, P, D)
         t_f += dt
-        gaps.append(objective(f, h).item() / best.item() - 1)
+        gaps.append(max(objective(f, h).item() / best.item() - 1, 0.0))  # below 0: rounding
         gaps_default.append(objective(flashlb.plan(h, P, D, algorithm="default"), h).item() / best.item() - 1)
     print(f"random small instances (n={n}, up to 12 slots, 1-4 episodes): gap to the exact optimum")
     print(f"  flashlb mean {100 * sum(gaps) / n:.3f}%  worst {100 * max(gaps):.3f}%  "

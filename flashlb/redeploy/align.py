@@ -35,8 +35,12 @@ def align_to(new: Placement, old: Placement) -> Placement:
     L = new.num_layers
     nv = new.device_view().cpu()
     ov = old.device_view().cpu()
-    # shared[l, i, j]: experts new device i and old device j have in common
-    shared = torch.minimum(_device_counts(nv, N).unsqueeze(2), _device_counts(ov, N).unsqueeze(1)).sum(-1)
+    # shared[l, i, j] = sum_e min(a[i, e], b[j, e]): experts new device i and old device j have
+    # in common; min(a, b) = sum_k [a >= k][b >= k], one batched product per replica level.
+    a, b = _device_counts(nv, N), _device_counts(ov, N)
+    shared = torch.zeros(L, D, D, dtype=torch.float64)
+    for k in range(1, int(min(a.max(), b.max())) + 1):
+        shared += torch.bmm((a >= k).to(torch.float64), (b >= k).to(torch.float64).transpose(1, 2))
     match = torch.ops.flashlb.max_assignment(shared)  # new device i -> old device match[i]
     placed = torch.empty_like(nv)
     placed.scatter_(1, match.unsqueeze(-1).expand(L, D, S), nv)  # placed[j] = new device matched to j
