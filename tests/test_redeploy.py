@@ -117,3 +117,16 @@ def test_simulate_reports_every_policy():
     assert res["cherry-pick"].total_moves <= res["default"].total_moves
     with pytest.raises(ValueError, match="two cycles"):
         flashlb.simulate(tr[:30], 48, 8, cycle_len=24)
+
+
+def test_hierarchical_plans_stay_hierarchical_near_a_previous_placement():
+    g = torch.Generator().manual_seed(6)
+    h1, h2 = torch.rand(2, 3, 32, generator=g, dtype=torch.float64)
+    old = flashlb.plan(h1, 48, 8, num_groups=8, num_nodes=2)
+    new = flashlb.plan(h2, 48, 8, num_groups=8, num_nodes=2, previous=old).validate()
+    for layer in range(3):
+        n0 = {e // 4 for e in new.phy2log[layer, :24].tolist()}
+        n1 = {e // 4 for e in new.phy2log[layer, 24:].tolist()}
+        assert not n0 & n1
+    fresh = flashlb.plan(h2, 48, 8, num_groups=8, num_nodes=2)
+    assert metrics.moves(old, new).sum() <= metrics.moves(old, fresh).sum()

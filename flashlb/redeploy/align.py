@@ -23,29 +23,31 @@ def _device_counts(dv: torch.Tensor, num_experts: int) -> torch.Tensor:
     return out.scatter_add_(2, dv, torch.ones(L, D, S, dtype=torch.float64))
 
 
-def align_to(new: Placement, old: Placement) -> Placement:
-    """``new`` with its devices and slots permuted to keep the most experts of ``old`` in place.
+def _shared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a: [B, X, N], b: [B, Y, N] replica counts -> [B, X, Y] sum_e min(a, b).
 
-    The device loads of ``new`` are unchanged; ``metrics.moves(old, result)`` is minimal over
-    device and slot permutations of ``new``.
+    min(a, b) = sum_k [a >= k][b >= k]: one batched product per replica level.
     """
-    if new.phy2log.shape != old.phy2log.shape or new.num_devices != old.num_devices:
-        raise ValueError("align_to: the placements differ in layers, slots or devices")
-    N, D, S = new.num_experts, new.num_devices, new.slots_per_device
-    L = new.num_layers
-    nv = new.device_view().cpu()
-    ov = old.device_view().cpu()
-    # shared[l, i, j] = sum_e min(a[i, e], b[j, e]): experts new device i and old device j have
-    # in common; min(a, b) = sum_k [a >= k][b >= k], one batched product per replica level.
-    a, b = _device_counts(nv, N), _device_counts(ov, N)
-    shared = torch.zeros(L, D, D, dtype=torch.float64)
+    out = torch.zeros(a.shape[0], a.shape[1], b.shape[1], dtype=torch.float64)
     for k in range(1, int(min(a.max(), b.max())) + 1):
-        shared += torch.bmm((a >= k).to(torch.float64), (b >= k).to(torch.float64).transpose(1, 2))
-    match = torch.ops.flashlb.max_assignment(shared)  # new device i -> old device match[i]
-    placed = torch.empty_like(nv)
-    placed.scatter_(1, match.unsqueeze(-1).expand(L, D, S), nv)  # placed[j] = new device matched to j
+        out += torch.bmm((a >= k).to(torch.float64), (b >= k).to(torch.float64).transpose(1, 2))
+    return out
+
+
+def _permute(groups: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """groups [B, G, ...], match [B, G]: group i goes to position match[i]."""
+    out = torch.empty_like(groups)
+    idx = match.view(*match.shape, *([1] * (groups.dim() - 2))).expand_as(groups)
+    return out.scatter_(1, idx, groups)
+
+
+def _align_devices(nv: torch.Tensor, ov: torch.Tensor, N: int) -> torch.Tensor:
+    """nv, ov: [B, D, S] -> nv with devices and slots permuted to keep most of ov in place."""
+    S = nv.shape[2]
+    match = torch.ops.flashlb.max_assignment(_shared(_device_counts(nv, N), _device_counts(ov, N)))
+    placed = _permute(nv, match)  # placed[j] = the new device matched to old device j
     # Inside each device: an expert the old slot j held stays at j; the rest fill the free slots.
-    eq = placed.unsqueeze(-1) == ov.unsqueeze(-2)  # [L, D, S_new, S_old]
+    eq = placed.unsqueeze(-1) == ov.unsqueeze(-2)  # [B, D, S_new, S_old]
     # Each old slot keeps at most one equal new slot (duplicates: the first one).
     first = eq & (eq.cumsum(-2) == 1)
     first = first & (first.cumsum(-1) == 1)
@@ -53,12 +55,31 @@ def align_to(new: Placement, old: Placement) -> Placement:
     target = first.to(torch.int64).argmax(-1)  # its old position
     taken = first.any(-2)  # old slot j is reused
     # Free slots, ascending, handed to the remaining new slots in order.
-    free_rank = (~taken).cumsum(-1) - 1  # rank among free slots
+    free_rank = (~taken).cumsum(-1) - 1
     free_slots = torch.where(~taken, free_rank, torch.full_like(free_rank, S))
-    order = free_slots.argsort(dim=-1, stable=True)  # old slot ids of free slots first, by rank
+    order = free_slots.argsort(dim=-1, stable=True)
     rest_rank = (~kept_new).cumsum(-1) - 1
     target = torch.where(kept_new, target, order.gather(-1, rest_rank.clamp_min(0)))
-    out = torch.empty_like(placed)
-    out.scatter_(-1, target, placed)
-    phy = out.reshape(L, D * S).to(new.phy2log.device)
-    return Placement.from_phy2log(phy, N, D)
+    return torch.empty_like(placed).scatter_(-1, target, placed)
+
+
+def align_to(new: Placement, old: Placement, num_nodes: int = 1) -> Placement:
+    """``new`` with its devices and slots permuted to keep the most experts of ``old`` in place.
+
+    The device loads of ``new`` are unchanged. With ``num_nodes`` > 1 devices move only as
+    whole nodes (matched first) or within a node, so a hierarchical placement stays one.
+    """
+    if new.phy2log.shape != old.phy2log.shape or new.num_devices != old.num_devices:
+        raise ValueError("align_to: the placements differ in layers, slots or devices")
+    N, D, S, L = new.num_experts, new.num_devices, new.slots_per_device, new.num_layers
+    M = num_nodes
+    if D % M != 0:
+        raise ValueError(f"num_nodes={M} must divide the number of devices {D}")
+    nv = new.device_view().cpu().view(L, M, D // M, S)
+    ov = old.device_view().cpu().view(L, M, D // M, S)
+    if M > 1:
+        nodes_new = _device_counts(nv.reshape(L, M, -1), N)
+        nodes_old = _device_counts(ov.reshape(L, M, -1), N)
+        nv = _permute(nv, torch.ops.flashlb.max_assignment(_shared(nodes_new, nodes_old)))
+    out = _align_devices(nv.reshape(L * M, D // M, S), ov.reshape(L * M, D // M, S), N)
+    return Placement.from_phy2log(out.reshape(L, D * S).to(new.phy2log.device), N, D)

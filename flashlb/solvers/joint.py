@@ -187,11 +187,11 @@ def solve(h: torch.Tensor, num_physical: int, num_devices: int, *, num_groups=No
         return result
     return _stay_close(result, previous, w, ew, D, P, seed=seed, smoothing=smoothing,
                        move_penalty=move_penalty, rounds=rounds, deadline=deadline,
-                       warm=M == 1)
+                       warm=M == 1, num_nodes=M)
 
 
 def _stay_close(fresh: Placement, previous: Placement, w, ew, D, P, *, seed, smoothing,
-                move_penalty, rounds, deadline, warm) -> Placement:
+                move_penalty, rounds, deadline, warm, num_nodes=1) -> Placement:
     """Per layer, the better of the fresh placement aligned to ``previous`` and a search that
     starts from ``previous`` itself and pays ``move_penalty`` per moved slot; the score is
     peak/avg + move_penalty * moves, ties going to fewer moves. ``fresh=None``: the search
@@ -199,7 +199,7 @@ def _stay_close(fresh: Placement, previous: Placement, w, ew, D, P, *, seed, smo
     from ..redeploy.align import align_to
 
     if fresh is not None:
-        fresh = align_to(fresh, previous)
+        fresh = align_to(fresh, previous, num_nodes)
     if not warm:
         return fresh
     rows = (~previous.has_duplicates()).nonzero().flatten()
