@@ -38,18 +38,13 @@ def as_hotness(hotness, name: str = "hotness") -> torch.Tensor:
     dtype; every entry finite and >= 0.
     """
     if not isinstance(hotness, torch.Tensor):
-        try:
-            import numpy as np
+        import numpy as np
 
-            if isinstance(hotness, np.ndarray):
-                hotness = torch.from_numpy(hotness)
-            else:
-                raise TypeError
-        except TypeError:
+        if not isinstance(hotness, np.ndarray):
             raise TypeError(
                 f"{name} must be a torch.Tensor of shape [L, N] or [T, L, N], "
-                f"got {type(hotness).__name__}"
-            ) from None
+                f"got {type(hotness).__name__}")
+        hotness = torch.from_numpy(hotness)
     if hotness.dtype == torch.bool or hotness.is_complex():
         raise ValueError(f"{name} must hold real or integer loads, got dtype {hotness.dtype}")
     if hotness.dim() not in (2, 3):
