@@ -79,7 +79,8 @@ def small_gaps(n):
 
 def synthetic(repeats):
     print("DeepSeek-V3-sized synthetic windows (58 layers x 256 experts, 16 episodes, drifting):")
-    print(f"  {'slots/dev':>10} {'default':>8} {'flashlb':>8} {'closer':>7} | {'next:def':>8} {'flashlb':>8}")
+    print("  (next: the following 16 episodes; 'summed' = flashlb given the window summed into one)")
+    print(f"  {'slots/dev':>10} {'default':>8} {'flashlb':>8} {'closer':>7} | {'next:def':>8} {'flashlb':>8} {'summed':>8}")
     for P, D in ((288, 32), (320, 64)):
         rows = []
         for seed in range(repeats):
@@ -87,11 +88,13 @@ def synthetic(repeats):
             win, nxt = tr[:16], tr[16:]
             g = flashlb.plan(win, P, D, algorithm="default")
             f = flashlb.plan(win, P, D)
+            s = flashlb.plan(win.sum(0), P, D)
             rows.append([metrics.balance_ratio(g, win).mean().item(), metrics.balance_ratio(f, win).mean().item(),
-                         metrics.balance_ratio(g, nxt).mean().item(), metrics.balance_ratio(f, nxt).mean().item()])
+                         metrics.balance_ratio(g, nxt).mean().item(), metrics.balance_ratio(f, nxt).mean().item(),
+                         metrics.balance_ratio(s, nxt).mean().item()])
         a = torch.tensor(rows).mean(0).tolist()
         closer = 1 - (a[1] - 1) / (a[0] - 1)
-        print(f"  {P:>5}/{D:<4} {a[0]:8.4f} {a[1]:8.4f} {100 * closer:6.1f}% | {a[2]:8.4f} {a[3]:8.4f}")
+        print(f"  {P:>5}/{D:<4} {a[0]:8.4f} {a[1]:8.4f} {100 * closer:6.1f}% | {a[2]:8.4f} {a[3]:8.4f} {a[4]:8.4f}")
 
 
 def real():

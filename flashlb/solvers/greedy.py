@@ -39,25 +39,12 @@ def balanced_packing(weight: torch.Tensor, num_packs: int) -> tuple[torch.Tensor
     """Heaviest item first onto the lightest pack that still has room.
 
     weight: [X, M] with M % num_packs == 0 -> (pack [X, M], rank_in_pack [X, M]).
-    Ties keep item order and choose the lowest pack id.
+    Ties keep item order and choose the lowest pack id. The sequential loop runs in C++
+    (``torch.ops.flashlb.balanced_packing``), in parallel over rows.
     """
-    X, M = weight.shape
-    per_pack = M // num_packs
-    order = torch.sort(weight, dim=-1, descending=True, stable=True).indices
-    pack = torch.empty(X, M, dtype=torch.int64)
-    rank = torch.empty(X, M, dtype=torch.int64)
-    load = torch.zeros(X, num_packs, dtype=weight.dtype)
-    fill = torch.zeros(X, num_packs, dtype=torch.int64)
-    rows = torch.arange(X)
-    inf = torch.tensor(float("inf"), dtype=weight.dtype)
-    for k in range(M):
-        item = order[:, k]
-        target = torch.where(fill < per_pack, load, inf).argmin(-1)
-        pack[rows, item] = target
-        rank[rows, item] = fill[rows, target]
-        load[rows, target] += weight[rows, item]
-        fill[rows, target] += 1
-    return pack, rank
+    from .. import ops  # noqa: F401  (registers torch.ops.flashlb.*)
+
+    return torch.ops.flashlb.balanced_packing(weight.to(torch.float64).contiguous(), int(num_packs))
 
 
 def _pack_replicas(weight: torch.Tensor, num_physical: int, num_devices: int) -> torch.Tensor:

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <optional>
+#include <vector>
 #include <tuple>
 
 #include "../solver/assignment.h"
@@ -103,9 +104,47 @@ Tensor max_assignment_cpu(const Tensor& scores) {
   return out;
 }
 
+// The default greedy's packing: items heaviest first (stable), each onto the lightest pack
+// with room (lowest id on ties). weight [X, M] f64 -> (pack [X, M], rank [X, M]) i64.
+std::tuple<Tensor, Tensor> balanced_packing_cpu(const Tensor& weight, int64_t num_packs) {
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.scalar_type() == at::kDouble,
+                    "balanced_packing: weight must be a [X, M] float64 tensor");
+  const int64_t X = weight.size(0), M = weight.size(1);
+  TORCH_CHECK_VALUE(num_packs >= 1 && M % num_packs == 0,
+                    "balanced_packing: the items must fill num_packs packs evenly");
+  const int64_t per = M / num_packs;
+  Tensor w = weight.contiguous();
+  Tensor order = std::get<1>(w.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true)).contiguous();
+  Tensor pack = at::empty({X, M}, weight.options().dtype(at::kLong));
+  Tensor rank = at::empty({X, M}, weight.options().dtype(at::kLong));
+  const double* wp = w.data_ptr<double>();
+  const int64_t* op = order.data_ptr<int64_t>();
+  int64_t* pp = pack.data_ptr<int64_t>();
+  int64_t* rp = rank.data_ptr<int64_t>();
+  at::parallel_for(0, X, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<double> load(num_packs);
+    std::vector<int64_t> fill(num_packs);
+    for (int64_t x = lo; x < hi; ++x) {
+      std::fill(load.begin(), load.end(), 0.0);
+      std::fill(fill.begin(), fill.end(), 0);
+      for (int64_t k = 0; k < M; ++k) {
+        const int64_t item = op[x * M + k];
+        int64_t best = -1;
+        for (int64_t q = 0; q < num_packs; ++q)
+          if (fill[q] < per && (best < 0 || load[q] < load[best])) best = q;
+        pp[x * M + item] = best;
+        rp[x * M + item] = fill[best]++;
+        load[best] += wp[x * M + item];
+      }
+    }
+  });
+  return {pack, rank};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(flashlb, m) {
+  m.def("balanced_packing(Tensor weight, int num_packs) -> (Tensor, Tensor)");
   m.def("max_assignment(Tensor scores) -> Tensor");
   m.def(
       "joint_search(Tensor loads, Tensor episode_weights, Tensor counts, Tensor? init_slots, "
@@ -116,6 +155,7 @@ TORCH_LIBRARY_FRAGMENT(flashlb, m) {
 TORCH_LIBRARY_IMPL(flashlb, CPU, m) {
   m.impl("joint_search", &joint_search_cpu);
   m.impl("max_assignment", &max_assignment_cpu);
+  m.impl("balanced_packing", &balanced_packing_cpu);
 }
 
 }  // namespace flashlb
