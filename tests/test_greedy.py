@@ -48,3 +48,10 @@ def test_hierarchical_keeps_groups_on_one_node():
             assert len(nodes) == 1
         groups_on_node0 = {e // 4 for e in p.phy2log[layer, :16].tolist()}
         assert len(groups_on_node0) == 2
+
+
+def test_balanced_packing_rejects_uneven_packs():
+    import pytest
+
+    with pytest.raises(ValueError, match="evenly"):
+        balanced_packing(torch.ones(1, 5), 2)
