@@ -137,6 +137,23 @@ def _register() -> None:
         return (steps.new_empty(T, L, N, dtype=torch.int64 if integer else steps.dtype),
                 steps.new_empty(L, N, dtype=stat), steps.new_empty(L, N, dtype=stat))
 
+    # The solver's ops run on the CPU between decisions; fakes give them shapes for tracing.
+    @torch.library.register_fake("flashlb::joint_search", lib=lib)
+    def _(loads, episode_weights, counts, init_slots, anchor, num_devices, num_physical,
+          smoothing, move_penalty, perturb_rounds, seed, time_limit):
+        B = loads.shape[0]
+        return (counts.new_empty(B, num_physical), counts.new_empty(counts.shape),
+                loads.new_empty(B, 3))
+
+    @torch.library.register_fake("flashlb::max_assignment", lib=lib)
+    def _(scores):
+        return scores.new_empty(scores.shape[:2], dtype=torch.int64)
+
+    @torch.library.register_fake("flashlb::balanced_packing", lib=lib)
+    def _(weight, num_packs):
+        return (weight.new_empty(weight.shape, dtype=torch.int64),
+                weight.new_empty(weight.shape, dtype=torch.int64))
+
     _register.lib = lib
 
 
