@@ -102,6 +102,7 @@ class Balancer:
         layers = trigger.nonzero().flatten()
         after = before.clone()
         new = current
+        chosen = layers[:0]
         if layers.numel():
             cand = plan(h[:, layers], self.num_physical, self.num_devices,
                         previous=current.select_layers(layers), move_penalty=self.move_penalty,
@@ -112,19 +113,16 @@ class Balancer:
             order = gain[keep].argsort(descending=True, stable=True)
             if self.max_layers is not None:
                 order = order[: self.max_layers]
-            chosen = layers[keep][order]
-            picked = keep.nonzero().flatten()[order]
-            layers = chosen
+            picked = keep.nonzero().flatten()[order]  # rows of cand, most gain first
+            chosen = layers[picked]
             if chosen.numel():
                 new = current.replace_layers(chosen, cand.select_layers(picked))
                 after[chosen] = ratio[picked]
                 self.reference[chosen] = float("nan")
-        else:
-            layers = layers[:0]
         self.cycles += 1
         moves = metrics.moves(current, new)
         nbytes = None if self.expert_bytes is None else int(moves.sum()) * self.expert_bytes
-        return Update(new, layers, moves, before, after, nbytes)
+        return Update(new, chosen, moves, before, after, nbytes)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
