@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ._checks import as_hotness
+
 __all__ = ["main"]
 
 
@@ -114,13 +116,10 @@ def _read_loads(path: str, episode_len: int | None = None) -> tuple[torch.Tensor
         h = load_hotness(path)
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
-    if not (h.dtype.is_floating_point or h.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
-        raise CliError(f"{path}: loads must be numbers, got {h.dtype}")
-    h = h.to(torch.float64)
-    if not bool(torch.isfinite(h).all()) or bool((h < 0).any()):
-        raise CliError(f"{path}: loads must be finite and >= 0")
-    if h.dim() == 2:
-        h = h.unsqueeze(0)
+    try:
+        h = as_hotness(h, name=path)  # [T, L, N] float64; finite, >= 0
+    except (TypeError, ValueError) as exc:
+        raise CliError(str(exc)) from None
     if episode_len is not None:
         if episode_len < 1:
             raise CliError(f"--episode-len must be >= 1, got {episode_len}")
