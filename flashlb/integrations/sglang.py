@@ -15,32 +15,34 @@ from pathlib import Path
 import torch
 
 from ..api import plan
+from ..placement import Placement
 
 __all__ = ["rebalance_experts", "write_init_expert_location"]
 
 
-def rebalance_experts(tokens_per_expert: torch.Tensor, num_physical_experts: int,
-                      num_local_physical_experts: int, num_groups: int | None, num_nodes: int,
-                      **options):
+def _plan(tokens_per_expert, num_physical_experts, num_local_physical_experts, num_groups,
+          num_nodes, **options) -> Placement:
     if num_local_physical_experts < 1 or num_physical_experts % num_local_physical_experts:
         raise ValueError(
             f"num_local_physical_experts={num_local_physical_experts} must divide "
             f"num_physical_experts={num_physical_experts}")
     num_gpus = num_physical_experts // num_local_physical_experts
-    p = plan(tokens_per_expert, num_physical_experts, num_gpus, num_groups=num_groups,
-             num_nodes=num_nodes, **options)
-    return p.as_tuple()
+    return plan(tokens_per_expert, num_physical_experts, num_gpus, num_groups=num_groups,
+                num_nodes=num_nodes, **options)
+
+
+def rebalance_experts(tokens_per_expert: torch.Tensor, num_physical_experts: int,
+                      num_local_physical_experts: int, num_groups: int | None, num_nodes: int,
+                      **options):
+    return _plan(tokens_per_expert, num_physical_experts, num_local_physical_experts,
+                 num_groups, num_nodes, **options).as_tuple()
 
 
 def write_init_expert_location(path, tokens_per_expert: torch.Tensor, num_physical_experts: int,
                                num_local_physical_experts: int, num_groups: int | None = None,
                                num_nodes: int = 1, **options) -> Path:
     """Plan and write ``{"physical_to_logical_map": ...}`` (atomically) for SGLang."""
-    phy, _, _ = rebalance_experts(tokens_per_expert, num_physical_experts,
-                                  num_local_physical_experts, num_groups, num_nodes, **options)
-    from ..placement import Placement
-
     path = Path(path)
-    Placement.from_phy2log(phy, tokens_per_expert.shape[-1],
-                           num_physical_experts // num_local_physical_experts).save(path)
+    _plan(tokens_per_expert, num_physical_experts, num_local_physical_experts, num_groups,
+          num_nodes, **options).save(path)
     return path
