@@ -155,10 +155,11 @@ def solve(h: torch.Tensor, num_physical: int, num_devices: int, *, num_groups=No
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     w, ew = normalise(h, D, episode_weights(T, recency_half_life))  # [L, T, N], [L, T]
+    near = dict(seed=seed, smoothing=smoothing, move_penalty=move_penalty, rounds=rounds,
+                deadline=deadline)
     if previous is not None and move_penalty > 0 and M == 1 and not bool(previous.has_duplicates().any()):
         # Moves cost: search from the placement in service (a fresh plan would move most slots).
-        return _stay_close(None, previous, w, ew, D, P, seed=seed, smoothing=smoothing,
-                           move_penalty=move_penalty, rounds=rounds, deadline=deadline, warm=True)
+        return _search_near(previous, w, ew, D, P, **near)
 
     if M > 1:
         mean = (w * ew.unsqueeze(-1)).sum(1)
@@ -185,39 +186,35 @@ def solve(h: torch.Tensor, num_physical: int, num_devices: int, *, num_groups=No
     result = Placement.from_phy2log(phy, N, D)
     if previous is None:
         return result
-    return _stay_close(result, previous, w, ew, D, P, seed=seed, smoothing=smoothing,
-                       move_penalty=move_penalty, rounds=rounds, deadline=deadline,
-                       warm=M == 1, num_nodes=M)
-
-
-def _stay_close(fresh: Placement, previous: Placement, w, ew, D, P, *, seed, smoothing,
-                move_penalty, rounds, deadline, warm, num_nodes=1) -> Placement:
-    """Per layer, the better of the fresh placement aligned to ``previous`` and a search that
-    starts from ``previous`` itself and pays ``move_penalty`` per moved slot; the score is
-    peak/avg + move_penalty * moves, ties going to fewer moves. ``fresh=None``: the search
-    from ``previous`` alone (every layer of ``previous`` must be duplicate-free)."""
+    # Per layer, the better of the fresh placement aligned to the one in service and a search
+    # from the one in service: peak/avg + move_penalty * moves, ties to fewer moves.
     from ..redeploy.align import align_to
 
-    if fresh is not None:
-        fresh = align_to(fresh, previous, num_nodes)
-    if not warm:
-        return fresh
+    fresh = align_to(result, previous, M)
     rows = (~previous.has_duplicates()).nonzero().flatten()
-    if rows.numel() == 0:
+    if M > 1 or rows.numel() == 0:  # a warm search would not keep groups on their nodes
         return fresh
+    close = _search_near(previous.select_layers(rows), w[rows], ew[rows], D, P, **near)
     old = previous.phy2log[rows].to(torch.int64)
-    budget = 0.0 if deadline is None else max(deadline - time.perf_counter(), 1e-3)
-    slots, _, _ = ops.joint_search(w[rows], ew[rows], torch.zeros(rows.numel(), w.shape[2], dtype=torch.int64),
-                                   old, old, D, P, smoothing, move_penalty, rounds, seed, budget)
-    near = align_to(Placement.from_phy2log(slots, w.shape[2], D), previous.select_layers(rows))
-    if fresh is None:  # every layer was searched from the placement in service
-        return near
 
-    def score(phy, w_, ew_, before):
-        moved = (phy != before).sum(1).to(torch.float64)
-        return weighted_peak_ratio(phy, w_, ew_, D) + (move_penalty + 1e-9) * moved
+    def score(phy):
+        moved = (phy != old).sum(1).to(torch.float64)
+        return weighted_peak_ratio(phy, w[rows], ew[rows], D) + (move_penalty + 1e-9) * moved
 
-    better = score(near.phy2log, w[rows], ew[rows], old) < score(fresh.phy2log[rows], w[rows], ew[rows], old)
+    better = score(close.phy2log) < score(fresh.phy2log[rows])
     phy = fresh.phy2log.clone()
-    phy[rows[better]] = near.phy2log[better]
-    return Placement.from_phy2log(phy, w.shape[2], D)
+    phy[rows[better]] = close.phy2log[better]
+    return Placement.from_phy2log(phy, N, D)
+
+
+def _search_near(previous: Placement, w, ew, D, P, *, seed, smoothing, move_penalty, rounds,
+                 deadline) -> Placement:
+    """The search started from ``previous`` (duplicate-free), paying ``move_penalty`` per
+    moved slot, aligned back to it. w [L, T, N], ew [L, T] of the layers of ``previous``."""
+    from ..redeploy.align import align_to
+
+    old = previous.phy2log.to(torch.int64)
+    budget = 0.0 if deadline is None else max(deadline - time.perf_counter(), 1e-3)
+    slots, _, _ = ops.joint_search(w, ew, torch.zeros(w.shape[0], w.shape[2], dtype=torch.int64),
+                                   old, old, D, P, smoothing, move_penalty, rounds, seed, budget)
+    return align_to(Placement.from_phy2log(slots, w.shape[2], D), previous)
