@@ -90,6 +90,14 @@ def _accumulate_torch(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int)
     hotness[layer].scatter_add_(0, ids.clamp_min(0), (ids >= 0).to(hotness.dtype))
 
 
+def _episode_dtypes(steps: torch.Tensor, episode_len: int):
+    """(episodes T, dtype of the episode sums, dtype of mean / var) of episode_stats."""
+    T = -(-steps.shape[0] // episode_len)
+    sums = steps.dtype if steps.dtype.is_floating_point else torch.int64
+    stat = torch.float64 if steps.dtype == torch.float64 else torch.float32
+    return T, sums, stat
+
+
 def _episode_stats_torch(steps: torch.Tensor, episode_len: int):
     if steps.dim() != 3:
         raise ValueError(f"episode_stats: steps must be [S, L, N], got {tuple(steps.shape)}")
@@ -100,14 +108,12 @@ def _episode_stats_torch(steps: torch.Tensor, episode_len: int):
     if steps.dtype not in _STEP_DTYPES:
         raise ValueError(f"episode_stats: steps must be int32, int64, float32 or float64, got {steps.dtype}")
     S, L, N = steps.shape
-    T = -(-S // episode_len)
+    T, sums, stat = _episode_dtypes(steps, episode_len)
     first = S - (T - 1) * episode_len
-    integer = not steps.dtype.is_floating_point
-    acc = steps.to(torch.int64 if integer else steps.dtype)
+    acc = steps.to(sums)
     # The oldest episode takes the leftover steps: pad it in front with zeros.
     pad = acc.new_zeros(T * episode_len - S, L, N)
     episodes = torch.cat([pad, acc]).view(T, episode_len, L, N).sum(1)
-    stat = torch.float64 if steps.dtype == torch.float64 else torch.float32
     scale = torch.ones(T, 1, 1, dtype=torch.float64, device=steps.device)
     scale[0] = episode_len / first
     full = episodes.to(torch.float64) * scale
@@ -131,10 +137,8 @@ def _register() -> None:
     @torch.library.register_fake("flashlb::episode_stats", lib=lib)
     def _(steps, episode_len):
         S, L, N = steps.shape
-        T = -(-S // episode_len)
-        integer = not steps.dtype.is_floating_point
-        stat = torch.float64 if steps.dtype == torch.float64 else torch.float32
-        return (steps.new_empty(T, L, N, dtype=torch.int64 if integer else steps.dtype),
+        T, sums, stat = _episode_dtypes(steps, episode_len)
+        return (steps.new_empty(T, L, N, dtype=sums),
                 steps.new_empty(L, N, dtype=stat), steps.new_empty(L, N, dtype=stat))
 
     # The solver's ops run on the CPU between decisions; fakes give them shapes for tracing.
