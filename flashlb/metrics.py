@@ -9,14 +9,15 @@ from __future__ import annotations
 import torch
 
 from ._checks import as_hotness, check_int
+from .objective import allot_replicas, episode_weights
 from .placement import Placement
-from .solvers.allotment import allot_replicas
 
 __all__ = [
     "device_loads",
     "peak_avg_ratio",
     "balance_ratio",
     "lower_bound_peak",
+    "lower_bound_ratio",
     "min_max_replica_load",
     "moves",
     "episode_weights",
@@ -58,32 +59,52 @@ def peak_avg_ratio(loads: torch.Tensor) -> torch.Tensor:
                        torch.ones_like(avg))
 
 
+def _episode_mean(ratio: torch.Tensor, live: torch.Tensor, weights) -> torch.Tensor:
+    """ratio, live: [T, L] -> [L] weighted mean over the live episodes of each layer.
+
+    weights: optional [T] (uniform when None). A layer with no live episode gets 1.0.
+    """
+    w = torch.ones(ratio.shape[0], dtype=torch.float64) if weights is None else \
+        torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    if w.shape[0] != ratio.shape[0]:
+        raise ValueError(f"weights must have one entry per episode ({ratio.shape[0]}), got {w.shape[0]}")
+    w = w.to(ratio.device).unsqueeze(1) * live
+    total = w.sum(0)
+    mean = (ratio * w).sum(0) / torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, mean, torch.ones_like(mean))
+
+
 def balance_ratio(placement: Placement, hotness: torch.Tensor,
                   weights: torch.Tensor | None = None) -> torch.Tensor:
     """[L] per-layer quality: per-episode peak/avg, averaged over episodes.
 
     hotness: [L, N] or [T, L, N]; weights: optional [T] episode weights (normalised here).
-    Episodes in which a layer has no load count as 1.0.
+    Episodes in which a layer has no load weigh 0 (a layer with no load at all gets 1.0),
+    as in the solvers' objective.
     """
-    r = peak_avg_ratio(device_loads(placement, hotness))
+    loads = device_loads(placement, hotness)
+    r = peak_avg_ratio(loads)
     if r.dim() == 1:
         return r
-    if weights is None:
-        return r.mean(0)
-    w = weights.to(r).reshape(-1, 1)
-    return (r * w).sum(0) / w.sum()
+    return _episode_mean(r, loads.sum(-1) > 0, weights)
 
 
-def episode_weights(num_episodes: int, recency_half_life: float | None = None) -> torch.Tensor:
-    """[T] weights summing to 1; with a half-life (in episodes) the latest episodes weigh more."""
-    T = check_int(num_episodes, "num_episodes")
-    if recency_half_life is None:
-        return torch.full((T,), 1.0 / T, dtype=torch.float64)
-    if not (isinstance(recency_half_life, (int, float)) and recency_half_life > 0):
-        raise ValueError(f"recency_half_life must be a positive number, got {recency_half_life!r}")
-    age = torch.arange(T - 1, -1, -1, dtype=torch.float64)
-    w = torch.pow(0.5, age / float(recency_half_life))
-    return w / w.sum()
+def lower_bound_ratio(hotness: torch.Tensor, num_physical: int, num_devices: int,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+    """[L] a lower bound on :func:`balance_ratio` of any duplicate-free placement.
+
+    hotness: [L, N] or [T, L, N]. Each episode is bounded on its own
+    (:func:`lower_bound_peak` / average) and the bounds are averaged exactly as
+    :func:`balance_ratio` averages the ratios, so the two can be printed side by side.
+    """
+    h = as_hotness(hotness)
+    avg = h.sum(-1) / num_devices  # [T, L]
+    lb = lower_bound_peak(h, num_physical, num_devices)
+    if lb.dim() == 1:
+        lb = lb.unsqueeze(0)
+    live = avg > 0
+    ratio = torch.where(live, lb / torch.where(live, avg, torch.ones_like(avg)), torch.ones_like(avg))
+    return _episode_mean(ratio, live, weights)
 
 
 def min_max_replica_load(hotness: torch.Tensor, num_physical: int, num_devices: int) -> torch.Tensor:

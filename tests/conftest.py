@@ -30,3 +30,33 @@ def real_hotness():
     if not files:
         pytest.skip("the shared DeepSeek-V3 statistics (../shared/data) are not present")
     return load_real(files[0])
+
+
+def judge(placement, hotness, weights=None) -> torch.Tensor:
+    """[L] the objective, computed the slow and obvious way, apart from flashlb's own code.
+
+    For each layer and episode with load: device loads from phy2log (a replica carries
+    load / replica count), peak / average; then the weighted mean over those episodes
+    (weights: [T], uniform when None). A layer without load scores 0.
+    """
+    h = hotness if hotness.dim() == 3 else hotness.unsqueeze(0)
+    h = h.to(torch.float64).tolist()
+    phy = placement.phy2log.tolist()
+    D = placement.num_devices
+    wt = [1.0] * len(h) if weights is None else [float(x) for x in weights]
+    out = []
+    for layer, slots in enumerate(phy):
+        S = len(slots) // D
+        count = {}
+        for e in slots:
+            count[e] = count.get(e, 0) + 1
+        num = den = 0.0
+        for t, episode in enumerate(h):
+            row = episode[layer]
+            if sum(row) <= 0:
+                continue
+            dev = [sum(row[e] / count[e] for e in slots[d * S:(d + 1) * S]) for d in range(D)]
+            num += wt[t] * max(dev) / (sum(row) / D)
+            den += wt[t]
+        out.append(num / den if den > 0 else 0.0)
+    return torch.tensor(out, dtype=torch.float64)

@@ -6,8 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashlb
-from flashlb.solvers.joint import normalise, weighted_peak_ratio
-from flashlb.metrics import episode_weights
+
+from conftest import judge
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -53,9 +53,7 @@ def test_flashlb_always_valid_and_never_worse_than_greedy(inst):
     check_valid(p, h, P, D)
     g = flashlb.plan(h, P, D, algorithm="default")
     g.validate(allow_duplicates=True)
-    w, ew = normalise(h.to(torch.float64), D, episode_weights(h.shape[0]))
-    ours = weighted_peak_ratio(p.phy2log, w, ew, D)
-    theirs = weighted_peak_ratio(g.phy2log, w, ew, D)
+    ours, theirs = judge(p, h), judge(g, h)
     ok = ~g.has_duplicates()
     assert bool((ours[ok] <= theirs[ok] + 1e-9).all())
 

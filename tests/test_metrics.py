@@ -27,6 +27,34 @@ def test_device_loads_per_episode():
 def test_zero_load_counts_as_balanced():
     p = Placement.from_phy2log(torch.tensor([[0, 1]]), 2, 2)
     assert metrics.balance_ratio(p, torch.zeros(1, 2)).tolist() == [1.0]
+    assert metrics.balance_ratio(p, torch.zeros(3, 1, 2)).tolist() == [1.0]
+
+
+def test_episode_without_load_weighs_nothing():
+    # as in the solvers' objective: an idle episode neither helps nor hurts the average
+    p = Placement.from_phy2log(torch.tensor([[0, 1]]), 2, 2)
+    h = torch.tensor([[[3.0, 1.0]], [[0.0, 0.0]]])
+    assert metrics.balance_ratio(p, h).tolist() == [1.5]
+    assert metrics.balance_ratio(p, h, torch.tensor([0.25, 0.75])).tolist() == [1.5]
+    with pytest.raises(ValueError, match="one entry per episode"):
+        metrics.balance_ratio(p, h, torch.ones(3))
+
+
+def test_lower_bound_ratio_is_per_episode():
+    # the CLI's old example: a summed-window "bound" of 1.94 sat beside per-episode ratios of 1.5
+    h = torch.tensor([[[100.0, 0, 0, 0]], [[1.0, 1, 1, 1]]])
+    lb = metrics.lower_bound_ratio(h, 4, 2)
+    # one replica each: the hot expert sets 2.0 in the first episode, the flat one 1.0
+    assert lb.tolist() == pytest.approx([1.5])
+    # and it bounds what any placement reaches, episode by episode, weighted alike
+    from flashlb.solvers.exact import exact_plan
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        h = torch.rand(3, 2, 5, generator=g, dtype=torch.float64) ** 4
+        w = torch.rand(3, generator=g, dtype=torch.float64)
+        best, _ = exact_plan(h, 6, 3, weights=w)
+        assert bool((metrics.lower_bound_ratio(h, 6, 3, w) <= metrics.balance_ratio(best, h, w) + 1e-12).all())
 
 
 def test_lower_bound(seed_hotness):

@@ -101,13 +101,14 @@ def test_opcheck_every_op():
         (torch.ops.flashlb.episode_stats.default, (torch.rand(10, 2, 3), 4)),
         (torch.ops.flashlb.episode_stats.default, (torch.randint(0, 9, (8, 2, 3)), 2)),
         (torch.ops.flashlb.joint_search.default,
-         (torch.rand(2, 3, 6, dtype=torch.float64), torch.full((2, 3), 1 / 3, dtype=torch.float64),
-          torch.tensor([[2, 2, 2, 2, 2, 2]] * 2), None, None, 4, 12, 0.05, 0.0, 4, 0, 0.0)),
+         (torch.rand(2, 3, 6, dtype=torch.float64), torch.full((2, 3), 1 / 3, dtype=torch.float64)),
+         dict(counts=torch.tensor([[2, 2, 2, 2, 2, 2]] * 2), num_devices=4, slots_per_device=3,
+              perturb_rounds=4)),
         (torch.ops.flashlb.max_assignment.default, (torch.rand(3, 5, 5, dtype=torch.float64),)),
         (torch.ops.flashlb.balanced_packing.default, (torch.rand(3, 8, dtype=torch.float64), 4)),
     ]
-    for op, args in checks:
-        result = torch.library.opcheck(op, args)
+    for op, args, *kwargs in checks:
+        result = torch.library.opcheck(op, args, *kwargs)
         assert all(v == "SUCCESS" for v in result.values()), result
 
 

@@ -6,17 +6,9 @@ import torch
 
 import flashlb
 from flashlb import metrics
-from flashlb.metrics import episode_weights
 from flashlb.solvers.exact import exact_plan
-from flashlb.solvers.joint import normalise, weighted_peak_ratio
 
-from conftest import load_real, real_files
-
-
-def objective(p, h, recency=None):
-    h3 = h if h.dim() == 3 else h.unsqueeze(0)
-    w, ew = normalise(h3.to(torch.float64), p.num_devices, episode_weights(h3.shape[0], recency))
-    return weighted_peak_ratio(p.phy2log, w, ew, p.num_devices)
+from conftest import judge as objective, load_real, real_files
 
 
 def test_seed_example_reaches_the_exact_optimum(seed_hotness):
@@ -127,15 +119,46 @@ def test_hierarchical_flashlb_keeps_groups_on_nodes():
         assert not n0 & n1 and len(n0) == len(n1) == 4
 
 
-def test_joint_search_op_checks_its_arguments():
+def test_joint_search_checks_its_arguments():
+    from flashlb.solvers.search import joint_search
+
     w = torch.ones(1, 1, 4, dtype=torch.float64)
     ew = torch.ones(1, 1, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="counts must be Long"):
-        torch.ops.flashlb.joint_search(w, ew, torch.ones(1, 4, dtype=torch.int32), None, None,
-                                       2, 4, 0.0, 0.0, 0, 0, 0.0)
+    ones = torch.ones(1, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="counts must be Long"):
+        joint_search(w, ew, counts=ones.int(), num_devices=2, slots_per_device=2)
     with pytest.raises(ValueError, match="counts must sum"):
-        torch.ops.flashlb.joint_search(w, ew, torch.ones(1, 4, dtype=torch.int64) * 2, None, None,
-                                       2, 4, 0.0, 0.0, 0, 0, 0.0)
+        joint_search(w, ew, counts=ones * 2, num_devices=2, slots_per_device=2)
+    # one start, stated: counts and a start placement together are refused, not half-ignored
+    with pytest.raises(ValueError, match="exactly one of counts"):
+        joint_search(w, ew, counts=ones, init_slots=torch.tensor([[0, 1, 2, 3]]),
+                     num_devices=2, slots_per_device=2)
+    with pytest.raises(ValueError, match="exactly one of counts"):
+        joint_search(w, ew, num_devices=2, slots_per_device=2)
+    with pytest.raises(ValueError, match="time_limit"):
+        joint_search(w, ew, counts=ones, num_devices=2, slots_per_device=2, time_limit=0)
+    with pytest.raises(ValueError, match="time_limit"):
+        torch.ops.flashlb.joint_search(w, ew, counts=ones, num_devices=2, slots_per_device=2,
+                                       time_limit=0.0)
+    with pytest.raises(RuntimeError, match="positional"):  # keyword-only past the loads
+        torch.ops.flashlb.joint_search(w, ew, ones, None, None, 2, 2, 0.0, 0.0, 0, 0, None)
+
+
+def test_joint_search_named_result():
+    from flashlb.solvers.search import joint_search
+
+    w = torch.tensor([[[4.0, 2.0, 1.0, 1.0]]], dtype=torch.float64)  # device average 2 over 4 slots
+    ew = torch.ones(1, 1, dtype=torch.float64)
+    r = joint_search(w, ew, counts=torch.tensor([[1, 1, 1, 1]]), num_devices=2, slots_per_device=2)
+    assert r.slots.shape == (1, 4) and r.counts.tolist() == [[1, 1, 1, 1]]
+    assert r.peak_ratio.item() == pytest.approx(5.0)  # {4, 1} | {2, 1}
+    assert r.moves.tolist() == [0]
+    # from a start placement, with that placement as the anchor: its own counts are used
+    start = torch.tensor([[0, 1, 2, 3]])
+    r = joint_search(w, ew, init_slots=start, anchor=start, num_devices=2, slots_per_device=2,
+                     move_penalty=0.01)
+    assert r.counts.tolist() == [[1, 1, 1, 1]] and r.peak_ratio.item() == pytest.approx(5.0)
+    assert r.moves.item() == 2 and r.objective.item() >= r.peak_ratio.item() + 0.02 - 1e-12
 
 
 @pytest.mark.parametrize("P, D, target", [(288, 32, 1.002), (320, 64, 1.006)])
@@ -150,13 +173,14 @@ def test_real_statistics_targets(P, D, target):
 
 
 def test_packing_bound_never_exceeds_the_optimum():
+    from flashlb.objective import episode_weights, normalise_episodes
     from flashlb.solvers.allotment import packing_bound
 
     rnd, g = random.Random(3), torch.Generator().manual_seed(3)
     for _ in range(30):
         h, P, D = random_instance(rnd, g)
         e, best = exact_plan(h, P, D)
-        w, ew = normalise(h, D, episode_weights(h.shape[0]))
+        w, ew = normalise_episodes(h, D, episode_weights(h.shape[0]))
         b = packing_bound(w, ew, e.logcnt.unsqueeze(1), D)
         assert b.item() <= best.item() + 1e-9 or best.item() == 0
 

@@ -3,7 +3,7 @@
 - ``accumulate_hotness(hotness [L, N], topk_ids [tokens, k], layer)``: in place, one count per
   routed token at ``hotness[layer, id]``; negative ids are padding and are skipped.
 - ``episode_stats(steps [S, L, N], episode_len) -> (episodes [ceil(S/E), L, N], mean [L, N], var [L, N])``.
-- ``joint_search(...)``: the C++ core of the FlashLB solver (see flashlb.solvers.joint).
+- ``joint_search(...)``: the C++ core of the FlashLB solver (wrapped by flashlb.solvers.search).
 
 Back ends, one behaviour: C++ kernels on the CPU (host/ops), Ascend C kernels on the NPU
 (kernels/, registered under PrivateUse1 where built with CANN), and the plain-torch versions
@@ -143,11 +143,12 @@ def _register() -> None:
 
     # The solver's ops run on the CPU between decisions; fakes give them shapes for tracing.
     @torch.library.register_fake("flashlb::joint_search", lib=lib)
-    def _(loads, episode_weights, counts, init_slots, anchor, num_devices, num_physical,
-          smoothing, move_penalty, perturb_rounds, seed, time_limit):
-        B = loads.shape[0]
-        return (counts.new_empty(B, num_physical), counts.new_empty(counts.shape),
-                loads.new_empty(B, 3))
+    def _(loads, episode_weights, *, counts=None, init_slots=None, anchor=None, num_devices,
+          slots_per_device, smoothing=0.05, move_penalty=0.0, perturb_rounds=0, seed=0,
+          time_limit=None):
+        B, _, N = loads.shape
+        return (loads.new_empty(B, num_devices * slots_per_device, dtype=torch.int64),
+                loads.new_empty(B, N, dtype=torch.int64), loads.new_empty(B, 3))
 
     @torch.library.register_fake("flashlb::max_assignment", lib=lib)
     def _(scores):

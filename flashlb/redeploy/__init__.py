@@ -1,6 +1,6 @@
 """Redeployment: fewest expert moves, layer-wise cherry-picking, and replay of traces."""
 
-from .align import align_to
+from ..align import align_to
 from .balancer import Balancer, Update
 from .simulate import POLICIES, SimulationResult, simulate
 

@@ -1,41 +1,26 @@
-"""Replica allotment: how many replicas each expert gets, batched over layers."""
+"""Replica allotment: how many replicas each expert gets, batched over problems.
+
+The plain min-max allotment lives with the objective (:func:`flashlb.objective.allot_replicas`);
+this module scores count vectors before any placement (a packing bound) and searches them.
+"""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["allot_replicas", "packing_bound", "refine_counts", "all_allotments", "best_allotments"]
+__all__ = ["packing_bound", "refine_counts", "all_allotments", "best_allotments"]
 
 
-def allot_replicas(weight: torch.Tensor, num_physical: int, max_replicas: int) -> torch.Tensor:
-    """Min-max-replica allotment with a cap.
-
-    weight: [X, N] float -> logcnt [X, N] int64 with 1 <= logcnt <= max_replicas and rows
-    summing to num_physical. Each extra replica goes to the expert with the largest
-    per-replica load among those below the cap, which minimises the largest per-replica load.
-    Ties go to the lowest expert id. Needs N <= num_physical <= N * max_replicas.
-    """
-    X, N = weight.shape
-    w = weight.to(torch.float64)
-    cnt = torch.ones(X, N, dtype=torch.int64)
-    rows = torch.arange(X)
-    below = torch.full_like(w, -1.0)
-    for _ in range(num_physical - N):
-        per = torch.where(cnt < max_replicas, w / cnt, below)
-        cnt[rows, per.argmax(-1)] += 1
-    return cnt
-
-
-def packing_bound(w: torch.Tensor, ew: torch.Tensor, counts: torch.Tensor, num_devices: int) -> torch.Tensor:
+def packing_bound(loads: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor, num_devices: int) -> torch.Tensor:
     """Look-ahead estimate of the best peak that replica counts allow, before any placement.
 
-    w: [B, T, N] loads (each episode's device average 1), ew: [B, T], counts: [B, K, N]
-    candidate counts (sum P) -> [B, K] sum_t ew[t] * bound_t. Per episode, with replica loads
+    loads: [B, T, N] loads (each episode's device average 1), weights: [B, T], counts: [B, K, N]
+    candidate counts (sum P) -> [B, K] sum_t weights[t] * bound_t. Per episode, with replica loads
     sorted x_1 >= ... >= x_P and S = P / D slots per device: of the m*D + 1 largest replicas some
     device holds m + 1, plus S - m - 1 others, so its load is at least the m + 1 smallest of
     those plus the S - m - 1 smallest overall (m = 0 .. S - 1); and at least the average, 1.
     """
-    B, T, N = w.shape
+    B, T, N = loads.shape
     K = counts.shape[1]
     D = num_devices
     P = int(counts[0, 0].sum())
@@ -43,7 +28,7 @@ def packing_bound(w: torch.Tensor, ew: torch.Tensor, counts: torch.Tensor, num_d
     # Expert of each replica: the position of each slot index among the cumulative counts.
     ends = counts.cumsum(-1)  # [B, K, N]
     idx = torch.searchsorted(ends, torch.arange(P).expand(B, K, P).contiguous(), right=True)
-    per = w.unsqueeze(1) / counts.unsqueeze(2).to(w.dtype)  # [B, K, T, N]
+    per = loads.unsqueeze(1) / counts.unsqueeze(2).to(loads.dtype)  # [B, K, T, N]
     items = per.gather(3, idx.unsqueeze(2).expand(B, K, T, P))
     x = items.sort(-1, descending=True).values
     cs = torch.nn.functional.pad(x.cumsum(-1), (1, 0))  # cs[..., i] = sum of the i largest
@@ -58,7 +43,7 @@ def packing_bound(w: torch.Tensor, ew: torch.Tensor, counts: torch.Tensor, num_d
         pairs = (x[..., i1] + x[..., i2]).amax(-1)
         bound = torch.maximum(bound, pairs + cs[..., P] - cs[..., P - (S - 2)])
     bound = bound.clamp_min(1.0)  # [B, K, T]
-    return (bound * ew.unsqueeze(1)).sum(-1)
+    return (bound * weights.unsqueeze(1)).sum(-1)
 
 
 def _pair_ranks(D: int, P: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,44 +80,44 @@ def all_allotments(N: int, P: int, D: int, limit: int) -> torch.Tensor | None:
     return torch.tensor(out, dtype=torch.int64)
 
 
-def best_allotments(w: torch.Tensor, ew: torch.Tensor, num_physical: int, num_devices: int,
+def best_allotments(loads: torch.Tensor, weights: torch.Tensor, num_physical: int, num_devices: int,
                     k: int, limit: int = 4096) -> torch.Tensor | None:
     """The k count vectors with the lowest packing bound, from all of them: [B, k, N].
 
     A tree search whose every leaf is scored by the look-ahead bound; only for problems
     whose count vectors number at most ``limit`` (else None).
     """
-    B, T, N = w.shape
+    B, T, N = loads.shape
     allc = all_allotments(N, num_physical, num_devices, limit)
     if allc is None:
         return None
-    mean = (w * ew.unsqueeze(-1)).sum(1)
+    mean = (loads * weights.unsqueeze(-1)).sum(1)
     cand = allc.unsqueeze(0).expand(B, -1, -1)
-    score = packing_bound(w, ew, cand, num_devices)
-    score = score + 1e-9 * (mean.unsqueeze(1).square() / cand.to(w.dtype)).sum(-1)
+    score = packing_bound(loads, weights, cand, num_devices)
+    score = score + 1e-9 * (mean.unsqueeze(1).square() / cand.to(loads.dtype)).sum(-1)
     top = score.topk(min(k, allc.shape[0]), dim=1, largest=False).indices
     return allc[top]
 
 
-def refine_counts(w: torch.Tensor, ew: torch.Tensor, counts: torch.Tensor, num_devices: int,
+def refine_counts(loads: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor, num_devices: int,
                   *, max_steps: int = 32, max_neighbours: int = 256) -> torch.Tensor:
     """Hill-climb replica counts on :func:`packing_bound`, batched over problems.
 
-    w: [B, T, N], ew: [B, T], counts: [B, N] -> [B, N]. A step moves one replica from an
+    loads: [B, T, N], weights: [B, T], counts: [B, N] -> [B, N]. A step moves one replica from an
     expert with >= 2 to one below the cap D; it is taken when it lowers the bound (ties: the
     smaller sum of squared replica loads, i.e. finer-grained replicas). Candidates are the
     experts with the largest per-replica loads, at most ``max_neighbours`` moves per step.
     """
-    B, T, N = w.shape
+    B, T, N = loads.shape
     D = num_devices
-    mean = (w * ew.unsqueeze(-1)).sum(1)  # [B, N]
+    mean = (loads * weights.unsqueeze(-1)).sum(1)  # [B, N]
     k = max(1, min(N, int(max_neighbours ** 0.5)))
     c = counts.clone()
     rows = torch.arange(B)
 
     def score(cand):  # [B, K, N] -> [B, K]
-        b = packing_bound(w, ew, cand, D)
-        fine = (mean.unsqueeze(1).square() / cand.to(w.dtype)).sum(-1)
+        b = packing_bound(loads, weights, cand, D)
+        fine = (mean.unsqueeze(1).square() / cand.to(loads.dtype)).sum(-1)
         return b + 1e-9 * fine
 
     cur = score(c.unsqueeze(1))[:, 0]

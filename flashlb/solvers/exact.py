@@ -4,6 +4,10 @@ The yardstick for the optimality gap of FlashLB in tests and benchmarks. It mini
 same objective - the weighted mean over episodes of peak/avg device load - under the same
 rules (every expert >= 1 replica, exactly P / D slots per device, no expert twice on a device).
 Exponential: meant for a dozen slots or so.
+
+Written apart from the solver on purpose: plain Python over lists, its own normalisation of
+episodes, nothing imported from flashlb.objective or the solvers, so a slip in the solver's
+objective cannot hide in the yardstick too.
 """
 
 from __future__ import annotations
@@ -11,9 +15,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import as_hotness, check_sizes
-from ..metrics import episode_weights
 from ..placement import Placement
-from .joint import normalise
 
 __all__ = ["exact_plan", "exact_layer"]
 
@@ -97,22 +99,41 @@ def exact_layer(w: list[list[float]], ew: list[float], P: int, D: int,
     return best[0], best[1]
 
 
+def scale_episodes(hotness: list[list[float]], weights: list[float],
+                   num_devices: int) -> tuple[list[list[float]], list[float]]:
+    """One layer's episodes scaled to a device average of 1, and their weights.
+
+    hotness: [T][N] loads, weights: [T] (any non-negative). Episodes without load are dropped
+    from the weights (weight 0), the others renormalised to sum 1.
+    """
+    loads, kept = [], []
+    for row, wt in zip(hotness, weights):
+        total = sum(row)
+        loads.append([num_devices * x / total for x in row] if total > 0 else [0.0] * len(row))
+        kept.append(wt if total > 0 else 0.0)
+    norm = sum(kept)
+    return loads, [k / norm for k in kept] if norm > 0 else kept
+
+
 def exact_plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
-               recency_half_life: float | None = None) -> tuple[Placement, torch.Tensor]:
+               weights: torch.Tensor | None = None) -> tuple[Placement, torch.Tensor]:
     """Optimal placement of every layer (small instances only).
 
-    hotness: [L, N] or [T, L, N]. Returns (Placement, objective [L]) where the objective is
-    the weighted mean over episodes of peak/avg, as FlashLB's solver reports it.
+    hotness: [L, N] or [T, L, N]; weights: optional [T] episode weights (uniform when None).
+    Returns (Placement, objective [L]) where the objective is the weighted mean over the
+    episodes with load of peak/avg (0 for a layer without load).
     """
     h = as_hotness(hotness).cpu()
     T, L, N = h.shape
     P, D = check_sizes(N, num_physical, num_devices)
-    w, ew = normalise(h, D, episode_weights(T, recency_half_life))
+    wt = [1.0] * T if weights is None else [float(x) for x in torch.as_tensor(weights).reshape(-1)]
+    if len(wt) != T:
+        raise ValueError(f"weights must have one entry per episode ({T}), got {len(wt)}")
     phys, objs = [], []
     for layer in range(L):
+        loads, ew = scale_episodes(h[:, layer].tolist(), wt, D)
         # Every count vector with counts <= D and S <= N has a placement, so one is found.
-        obj, phy = exact_layer(w[layer].tolist(), ew[layer].tolist(), P, D)
+        obj, phy = exact_layer(loads, ew, P, D)
         phys.append(phy)
         objs.append(obj)
     return Placement.from_phy2log(torch.tensor(phys), N, D), torch.tensor(objs, dtype=torch.float64)
-

@@ -1,72 +1,71 @@
 """The FlashLB solver: joint replica allotment and placement over episodes.
 
-Batched over layers (and nodes) in torch: episode weights and normalisation, candidate
-replica counts (plain, risk-weighted and peak-weighted allotments), selection of the best
-candidate per layer and the comparison with the default greedy. The sequential part - build
-a placement for each candidate, then improve counts and placement together by swap and
-shift moves - runs in C++ (``torch.ops.flashlb.joint_search``, host/solver), in parallel
-over problems.
+Batched over layers (and nodes) in torch: candidate replica counts (plain, risk-weighted and
+look-ahead allotments), selection of the best candidate per layer and the comparison with the
+default greedy. The sequential part - build a placement for each candidate, then improve
+counts and placement together by swap and shift moves - runs in C++
+(:func:`flashlb.solvers.search.joint_search`), in parallel over problems.
+
+:func:`solve` takes one of two paths, each a function of its own:
+
+- :func:`plan_fresh`: a fresh search, over whole layers or, with nodes, per node;
+- :func:`plan_near_previous`: a plan that weighs moves away from the placement in service;
+
+and then :func:`greedy_fallback` keeps the default greedy's placement for any layer where it
+scores better, so no path is worse than the greedy.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
-from .. import ops
-from ..metrics import episode_weights
+from ..align import align_to
+from ..objective import allot_replicas, episode_weights, normalise_episodes, weighted_peak_ratio
 from ..placement import Placement
-from .allotment import allot_replicas, best_allotments, refine_counts
+from .allotment import best_allotments, refine_counts
 from .greedy import greedy_global, greedy_hierarchical, groups_to_nodes, nodes_to_layer
+from .search import joint_search
 
-__all__ = ["solve", "normalise", "weighted_peak_ratio"]
+__all__ = ["solve", "plan_fresh", "plan_near_previous", "greedy_fallback", "SearchSettings"]
 
 # z-score of the 75th percentile of a normal: the risk weight mean + Z * std covers a bad
 # quarter of episodes without chasing outliers.
 RISK_Z = 0.674
 
 
-def normalise(h: torch.Tensor, num_devices: int, weights: torch.Tensor):
-    """Per-layer episode weights and loads scaled so each episode's device average is 1.
+@dataclass(frozen=True)
+class SearchSettings:
+    """How hard and how long the search works; passed to every path explicitly.
 
-    h: [T, L, N] float64, weights: [T] -> (w [L, T, N], ew [L, T]). Episodes in which a layer
-    has no load get weight 0; a layer without any load gets all-zero weights.
+    deadline: a ``time.perf_counter()`` instant, or None for no limit.
     """
-    tot = h.sum(-1)  # [T, L]
-    live = tot > 0
-    ew = weights.to(h).unsqueeze(1) * live
-    norm = ew.sum(0, keepdim=True)
-    ew = torch.where(norm > 0, ew / torch.where(norm > 0, norm, torch.ones_like(norm)), ew)
-    scale = torch.where(live, num_devices / torch.where(live, tot, torch.ones_like(tot)),
-                        torch.zeros_like(tot))
-    w = h * scale.unsqueeze(-1)
-    return w.permute(1, 0, 2).contiguous(), ew.t().contiguous()
+
+    seed: int = 0
+    smoothing: float = 0.05
+    perturb_rounds: int = 0
+    deadline: float | None = None
+
+    def time_left(self) -> float | None:
+        """Seconds left (at least 1 ms), or None without a deadline."""
+        if self.deadline is None:
+            return None
+        return max(self.deadline - time.perf_counter(), 1e-3)
 
 
-def weighted_peak_ratio(phy2log: torch.Tensor, w: torch.Tensor, ew: torch.Tensor,
-                        num_devices: int) -> torch.Tensor:
-    """phy2log [B, P], w [B, T, N] normalised, ew [B, T] -> [B] sum_t ew * peak/avg."""
-    B, T, N = w.shape
-    cnt = torch.zeros(B, N, dtype=torch.float64).scatter_add_(
-        1, phy2log, torch.ones(phy2log.shape, dtype=torch.float64))
-    per = w / cnt.clamp_min(1).unsqueeze(1)
-    slot = per.gather(2, phy2log.unsqueeze(1).expand(B, T, -1))
-    peak = slot.view(B, T, num_devices, -1).sum(-1).amax(-1)
-    return (peak * ew).sum(-1)
-
-
-def _candidates(w: torch.Tensor, ew: torch.Tensor, P: int, D: int) -> torch.Tensor:
-    """Candidate replica counts [B, K, N] for w [B, T, N], ew [B, T].
+def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int) -> torch.Tensor:
+    """Candidate replica counts [B, K, N] for loads [B, T, N], weights [B, T].
 
     Min-max allotments on the mean load and, with several episodes, on a risk weight; then
     the packing look-ahead refinement of the first. Large problems keep one candidate: the
     local search's shift moves adjust counts there, and a whole model must take milliseconds.
     """
-    B, T, N = w.shape
-    mean = (w * ew.unsqueeze(-1)).sum(1)
+    B, T, N = loads.shape
+    mean = (loads * weights.unsqueeze(-1)).sum(1)
     if T > 1:
-        std = ((w - mean.unsqueeze(1)).square() * ew.unsqueeze(-1)).sum(1).sqrt()
+        std = ((loads - mean.unsqueeze(1)).square() * weights.unsqueeze(-1)).sum(1).sqrt()
         base = allot_replicas(mean + RISK_Z * std, P, D)
     else:
         base = allot_replicas(mean, P, D)
@@ -74,16 +73,16 @@ def _candidates(w: torch.Tensor, ew: torch.Tensor, P: int, D: int) -> torch.Tens
     if P * T <= 4096 and T > 1:
         cands.append(allot_replicas(mean, P, D))
     if P * T <= 256:  # the look-ahead sorts every candidate's replicas: small problems only
-        cands.append(refine_counts(w, ew, base, D))
-        best = best_allotments(w, ew, P, D, k=4, limit=2048)
+        cands.append(refine_counts(loads, weights, base, D))
+        best = best_allotments(loads, weights, P, D, k=4, limit=2048)
         if best is not None:
             return torch.cat([torch.stack(cands, 1), best], 1)
     return torch.stack(cands, 1)
 
 
 def _auto_rounds(P: int, T: int) -> int:
-    """Perturbation rounds when no time budget is given: many for small problems, where the
-    search is cheap and the exact optimum is within reach, few for a whole model."""
+    """Perturbation rounds when none are given: many for small problems, where the search is
+    cheap and the exact optimum is within reach, few for a whole model."""
     work = P * max(T, 1)
     if work <= 64:
         return 400
@@ -92,129 +91,187 @@ def _auto_rounds(P: int, T: int) -> int:
     return 0
 
 
-def _search(w, ew, P, D, *, seed, smoothing, rounds, deadline):
-    """Best fresh placement per problem over the candidates. Returns slots [B, P], H [B]."""
-    B, T, N = w.shape
-    cands = _candidates(w, ew, P, D)  # [B, K, N]
+def search_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
+                 settings: SearchSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best fresh placement per problem over the candidate counts.
+
+    loads: [B, T, N], weights: [B, T] -> (slots [B, P], objective [B]).
+    """
+    B, T, N = loads.shape
+    S = P // D
+    cands = _candidates(loads, weights, P, D)  # [B, K, N]
     K = cands.shape[1]
     # Identical candidates of one problem are searched once.
     keep = torch.ones(B, K, dtype=torch.bool)
     for k in range(1, K):
-        same = (cands[:, k : k + 1] == cands[:, :k]).all(-1).any(-1)
-        keep[:, k] = ~same
+        keep[:, k] = ~(cands[:, k : k + 1] == cands[:, :k]).all(-1).any(-1)
     bi, ki = keep.nonzero(as_tuple=True)
-    budget = 0.0 if deadline is None else max(deadline - time.perf_counter(), 1e-3)
-    slots, _, stats = ops.joint_search(
-        w[bi], ew[bi], cands[bi, ki], None, None, D, P, smoothing, 0.0, rounds, seed, budget)
+    found = joint_search(loads[bi], weights[bi], counts=cands[bi, ki], num_devices=D,
+                         slots_per_device=S, smoothing=settings.smoothing,
+                         perturb_rounds=settings.perturb_rounds, seed=settings.seed,
+                         time_limit=settings.time_left())
     score = torch.full((B, K), float("inf"), dtype=torch.float64)
-    score[bi, ki] = stats[:, 1]
+    score[bi, ki] = found.objective
     best = score.argmin(1)
     out = torch.empty(B, P, dtype=torch.int64)
     sel = ki == best[bi]
-    out[bi[sel]] = slots[sel]
-    h = score.gather(1, best.unsqueeze(1)).squeeze(1)
-    # Anytime: with a budget, keep perturbing every problem in fair waves until time is up.
+    out[bi[sel]] = found.slots[sel]
+    objective = score.gather(1, best.unsqueeze(1)).squeeze(1)
+    # Anytime: with a deadline, keep perturbing every problem in fair waves until time is up.
     wave = 1
-    while deadline is not None and time.perf_counter() < deadline - 2e-3:
-        left = deadline - time.perf_counter()
-        slots, _, stats = ops.joint_search(
-            w, ew, torch.zeros(B, N, dtype=torch.int64), out, None, D, P, smoothing, 0.0,
-            max(rounds, 8), seed + 7919 * wave, left)
-        better = stats[:, 1] < h - 1e-12
-        out[better] = slots[better]
-        h = torch.where(better, stats[:, 1], h)
+    while settings.deadline is not None and time.perf_counter() < settings.deadline - 2e-3:
+        again = joint_search(loads, weights, init_slots=out, num_devices=D, slots_per_device=S,
+                             smoothing=settings.smoothing,
+                             perturb_rounds=max(settings.perturb_rounds, 8),
+                             seed=settings.seed + 7919 * wave, time_limit=settings.time_left())
+        better = again.objective < objective - 1e-12
+        out[better] = again.slots[better]
+        objective = torch.where(better, again.objective, objective)
         wave += 1
-    return out, h
+    return out, objective
 
 
-def solve(h: torch.Tensor, num_physical: int, num_devices: int, *, num_groups=None,
+def _search_per_node(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
+                     num_groups: int, num_nodes: int, settings: SearchSettings) -> torch.Tensor:
+    """Groups packed onto nodes, then each node searched as its own problem -> phy2log [L, P]."""
+    L, T, N = loads.shape
+    M = num_nodes
+    mean = (loads * weights.unsqueeze(-1)).sum(1)
+    mlog2log = groups_to_nodes(mean, num_groups, M)  # [L, N] experts in node-major order
+    node_loads = loads.gather(2, mlog2log.unsqueeze(1).expand(L, T, N))
+    node_loads = node_loads.view(L, T, M, N // M).permute(0, 2, 1, 3).reshape(L * M, T, N // M)
+    node_slots, _ = search_fresh(node_loads, weights.repeat_interleave(M, 0), P // M, D // M,
+                                 settings)
+    return nodes_to_layer(node_slots, mlog2log, M)
+
+
+def plan_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int, *,
+               num_groups: int | None, num_nodes: int, settings: SearchSettings) -> torch.Tensor:
+    """A fresh search of every layer: phy2log [L, P] for loads [L, T, N], weights [L, T]."""
+    if num_nodes > 1:
+        return _search_per_node(loads, weights, P, D, num_groups, num_nodes, settings)
+    return search_fresh(loads, weights, P, D, settings)[0]
+
+
+def plan_near_previous(loads: torch.Tensor, weights: torch.Tensor, previous: Placement, *,
+                       num_groups: int | None, num_nodes: int, move_penalty: float,
+                       settings: SearchSettings) -> torch.Tensor:
+    """A plan that weighs peak/avg against moves from ``previous`` -> phy2log [L, P].
+
+    loads: [L, T, N], weights: [L, T]; previous: the placement in service (L layers, CPU).
+    Each layer scores ``weighted peak/avg + move_penalty * moved slots``.
+    """
+    L, T, N = loads.shape
+    P, D, M = previous.num_physical, previous.num_devices, num_nodes
+    old = previous.phy2log.to(torch.int64)
+    admissible = ~previous.has_duplicates()
+    if move_penalty > 0 and M == 1 and bool(admissible.all()):
+        # Moves cost: search from the placement in service (a fresh plan would move most slots).
+        return _search_from(previous, loads, weights, move_penalty, settings).phy2log
+    fresh = plan_fresh(loads, weights, P, D, num_groups=num_groups, num_nodes=M,
+                       settings=settings)
+    fresh = align_to(Placement.from_phy2log(fresh, N, D), previous, M).phy2log
+    rows = admissible.nonzero().flatten()
+    if M > 1 or rows.numel() == 0:  # a warm search would not keep groups on their nodes
+        return fresh
+    close = _search_from(previous.select_layers(rows), loads[rows], weights[rows], move_penalty,
+                         settings).phy2log
+
+    def score(phy):
+        moved = (phy != old[rows]).sum(1).to(torch.float64)
+        return weighted_peak_ratio(phy, loads[rows], weights[rows], D) + (move_penalty + 1e-9) * moved
+
+    better = score(close) < score(fresh[rows])
+    out = fresh.clone()
+    out[rows[better]] = close[better]
+    return out
+
+
+def _search_from(previous: Placement, loads: torch.Tensor, weights: torch.Tensor,
+                 move_penalty: float, settings: SearchSettings) -> Placement:
+    """The search started from ``previous`` (duplicate-free), paying ``move_penalty`` per
+    moved slot, aligned back to it. loads [L, T, N], weights [L, T] of its layers."""
+    old = previous.phy2log.to(torch.int64)
+    found = joint_search(loads, weights, init_slots=old, anchor=old,
+                         num_devices=previous.num_devices,
+                         slots_per_device=previous.slots_per_device,
+                         smoothing=settings.smoothing, move_penalty=move_penalty,
+                         perturb_rounds=settings.perturb_rounds, seed=settings.seed,
+                         time_limit=settings.time_left())
+    return align_to(Placement.from_phy2log(found.slots, loads.shape[2], previous.num_devices),
+                    previous)
+
+
+def greedy_fallback(phy2log: torch.Tensor, greedy: torch.Tensor, loads: torch.Tensor,
+                    weights: torch.Tensor, num_devices: int, *, previous: Placement | None = None,
+                    move_penalty: float = 0.0, num_nodes: int = 1) -> torch.Tensor:
+    """Per layer, the default greedy's placement where it scores better and is duplicate-free.
+
+    phy2log, greedy: [L, P]; loads: [L, T, N], weights: [L, T]. The score is the weighted
+    peak/avg, plus ``move_penalty`` per slot that differs from ``previous`` when one is given
+    (the greedy's placement is then first aligned to ``previous``, whole nodes kept whole).
+    """
+    N, D = loads.shape[2], num_devices
+    g = Placement.from_phy2log(greedy, N, D)
+    admissible = ~g.has_duplicates()
+    if not bool(admissible.any()):
+        return phy2log
+    if previous is not None:
+        g = align_to(g, previous, num_nodes)
+    ours = weighted_peak_ratio(phy2log, loads, weights, D)
+    theirs = weighted_peak_ratio(g.phy2log, loads, weights, D)
+    if previous is not None:
+        old = previous.phy2log.to(torch.int64)
+        ours = ours + move_penalty * (phy2log != old).sum(1)
+        theirs = theirs + move_penalty * (g.phy2log != old).sum(1)
+    take = admissible & (theirs < ours - 1e-12)
+    return torch.where(take.unsqueeze(1), g.phy2log, phy2log)
+
+
+def _check_options(smoothing, move_penalty, perturb_rounds, seed, P, T) -> int:
+    """Checks the search options; returns the number of perturbation rounds."""
+    for name, v in (("smoothing", smoothing), ("move_penalty", move_penalty)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if perturb_rounds is None:
+        return _auto_rounds(P, T)
+    if isinstance(perturb_rounds, int) and not isinstance(perturb_rounds, bool) and perturb_rounds >= 0:
+        return perturb_rounds
+    raise ValueError(f"perturb_rounds must be an int >= 0, got {perturb_rounds!r}")
+
+
+def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_groups=None,
           num_nodes: int = 1, time_budget: float | None = None, seed: int = 0,
           recency_half_life: float | None = None, previous: Placement | None = None,
           move_penalty: float = 0.0, smoothing: float = 0.05,
           perturb_rounds: int | None = None) -> Placement:
     """FlashLB placement for every layer.
 
-    h: [T, L, N] float64 CPU loads (checked by the caller); the sizes are checked too.
+    hotness: [T, L, N] float64 CPU loads (checked by the caller, as are the sizes).
     num_groups / num_nodes > 1: hierarchical (groups packed onto nodes, then each node solved).
-    Returns a duplicate-free Placement, never worse on the weighted per-episode peak/avg than
-    the default greedy's placement whenever the greedy's placement is itself duplicate-free.
+    previous: the placement in service (CPU), whose moves cost ``move_penalty`` each.
+    Returns a duplicate-free Placement. Per layer, its score - the weighted per-episode
+    peak/avg, plus ``move_penalty`` per slot moved from ``previous`` when given - is never
+    above that of the default greedy's placement, wherever the latter is duplicate-free.
     """
     start = time.perf_counter()
-    deadline = None if time_budget is None else start + float(time_budget)
-    T, L, N = h.shape
+    T, L, N = hotness.shape
     P, D, M = num_physical, num_devices, num_nodes
-    for name, v in (("smoothing", smoothing), ("move_penalty", move_penalty)):
-        if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if perturb_rounds is None:
-        rounds = _auto_rounds(P // M, T)
-    elif isinstance(perturb_rounds, int) and not isinstance(perturb_rounds, bool) and perturb_rounds >= 0:
-        rounds = perturb_rounds
-    else:
-        raise ValueError(f"perturb_rounds must be an int >= 0, got {perturb_rounds!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    w, ew = normalise(h, D, episode_weights(T, recency_half_life))  # [L, T, N], [L, T]
-    near = dict(seed=seed, smoothing=smoothing, move_penalty=move_penalty, rounds=rounds,
-                deadline=deadline)
-    if previous is not None and move_penalty > 0 and M == 1 and not bool(previous.has_duplicates().any()):
-        # Moves cost: search from the placement in service (a fresh plan would move most slots).
-        return _search_near(previous, w, ew, D, P, **near)
-
-    if M > 1:
-        mean = (w * ew.unsqueeze(-1)).sum(1)
-        mlog2log = groups_to_nodes(mean, num_groups, M)  # [L, N]
-        wn = w.gather(2, mlog2log.unsqueeze(1).expand(L, T, N))
-        wn = wn.view(L, T, M, N // M).permute(0, 2, 1, 3).reshape(L * M, T, N // M)
-        ewn = ew.repeat_interleave(M, 0)
-        slots, _ = _search(wn, ewn, P // M, D // M, seed=seed, smoothing=smoothing,
-                           rounds=rounds, deadline=deadline)
-        phy = nodes_to_layer(slots, mlog2log, M)
-        greedy = greedy_hierarchical(h.sum(0), P, num_groups, M, D)
-    else:
-        phy, _ = _search(w, ew, P, D, seed=seed, smoothing=smoothing, rounds=rounds,
-                         deadline=deadline)
-        greedy = greedy_global(h.sum(0), P, D)
-
-    # Never worse than the default greedy where the greedy's placement is admissible.
-    ours = weighted_peak_ratio(phy, w, ew, D)
-    theirs = weighted_peak_ratio(greedy, w, ew, D)
-    g = Placement.from_phy2log(greedy, N, D)
-    take = (theirs < ours - 1e-12) & ~g.has_duplicates()
-    if bool(take.any()):
-        phy = torch.where(take.unsqueeze(1), greedy, phy)
-    result = Placement.from_phy2log(phy, N, D)
+    rounds = _check_options(smoothing, move_penalty, perturb_rounds, seed, P // M, T)
+    settings = SearchSettings(seed=seed, smoothing=float(smoothing), perturb_rounds=rounds,
+                              deadline=None if time_budget is None else start + float(time_budget))
+    loads, weights = normalise_episodes(hotness, D, episode_weights(T, recency_half_life))
     if previous is None:
-        return result
-    # Per layer, the better of the fresh placement aligned to the one in service and a search
-    # from the one in service: peak/avg + move_penalty * moves, ties to fewer moves.
-    from ..redeploy.align import align_to
-
-    fresh = align_to(result, previous, M)
-    rows = (~previous.has_duplicates()).nonzero().flatten()
-    if M > 1 or rows.numel() == 0:  # a warm search would not keep groups on their nodes
-        return fresh
-    close = _search_near(previous.select_layers(rows), w[rows], ew[rows], D, P, **near)
-    old = previous.phy2log[rows].to(torch.int64)
-
-    def score(phy):
-        moved = (phy != old).sum(1).to(torch.float64)
-        return weighted_peak_ratio(phy, w[rows], ew[rows], D) + (move_penalty + 1e-9) * moved
-
-    better = score(close.phy2log) < score(fresh.phy2log[rows])
-    phy = fresh.phy2log.clone()
-    phy[rows[better]] = close.phy2log[better]
+        phy = plan_fresh(loads, weights, P, D, num_groups=num_groups, num_nodes=M,
+                         settings=settings)
+    else:
+        phy = plan_near_previous(loads, weights, previous, num_groups=num_groups, num_nodes=M,
+                                 move_penalty=float(move_penalty), settings=settings)
+    summed = hotness.sum(0)
+    greedy = (greedy_hierarchical(summed, P, num_groups, M, D) if M > 1
+              else greedy_global(summed, P, D))
+    phy = greedy_fallback(phy, greedy, loads, weights, D, previous=previous,
+                          move_penalty=float(move_penalty), num_nodes=M)
     return Placement.from_phy2log(phy, N, D)
-
-
-def _search_near(previous: Placement, w, ew, D, P, *, seed, smoothing, move_penalty, rounds,
-                 deadline) -> Placement:
-    """The search started from ``previous`` (duplicate-free), paying ``move_penalty`` per
-    moved slot, aligned back to it. w [L, T, N], ew [L, T] of the layers of ``previous``."""
-    from ..redeploy.align import align_to
-
-    old = previous.phy2log.to(torch.int64)
-    budget = 0.0 if deadline is None else max(deadline - time.perf_counter(), 1e-3)
-    slots, _, _ = ops.joint_search(w, ew, torch.zeros(w.shape[0], w.shape[2], dtype=torch.int64),
-                                   old, old, D, P, smoothing, move_penalty, rounds, seed, budget)
-    return align_to(Placement.from_phy2log(slots, w.shape[2], D), previous)

@@ -17,45 +17,58 @@ namespace {
 using at::Tensor;
 
 void check_rows(const Tensor& t, const char* name, at::ScalarType dt, int64_t dim, int64_t rows) {
-  TORCH_CHECK(t.device().is_cpu(), "joint_search: ", name, " must be on the CPU");
-  TORCH_CHECK(t.scalar_type() == dt, "joint_search: ", name, " must be ", dt, ", got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, "joint_search: ", name, " must have ", dim, " dimensions");
-  TORCH_CHECK(t.size(0) == rows, "joint_search: ", name, " must have ", rows, " rows");
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "joint_search: ", name, " must be on the CPU");
+  TORCH_CHECK_VALUE(t.scalar_type() == dt, "joint_search: ", name, " must be ", dt, ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim, "joint_search: ", name, " must have ", dim, " dimensions");
+  TORCH_CHECK_VALUE(t.size(0) == rows, "joint_search: ", name, " must have ", rows, " rows");
 }
 
-// loads [B, T, N] f64 (each episode's device average 1), episode_weights [B, T] f64,
-// counts [B, N] i64, init_slots / anchor [B, P] i64 or None.
+// loads [B, T, N] f64 (each episode's device average 1), episode_weights [B, T] f64.
+// Exactly one start: counts [B, N] i64 (a placement is built for them) or init_slots [B, P]
+// i64 (the search starts from that placement, with its own counts). anchor [B, P] i64 or
+// None: the placement in service, each slot that differs costs move_penalty.
+// time_limit: seconds for the whole call, None for no limit.
 // Returns slots [B, P] i64, counts [B, N] i64, stats [B, 3] f64 (peak ratio, objective, moves).
 std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
-    const Tensor& loads, const Tensor& episode_weights, const Tensor& counts,
+    const Tensor& loads, const Tensor& episode_weights, const std::optional<Tensor>& counts,
     const std::optional<Tensor>& init_slots, const std::optional<Tensor>& anchor,
-    int64_t num_devices, int64_t num_physical, double smoothing, double move_penalty,
-    int64_t perturb_rounds, int64_t seed, double time_limit) {
-  TORCH_CHECK(loads.dim() == 3, "joint_search: loads must be [B, T, N]");
+    int64_t num_devices, int64_t slots_per_device, double smoothing, double move_penalty,
+    int64_t perturb_rounds, int64_t seed, std::optional<double> time_limit) {
+  TORCH_CHECK_VALUE(loads.dim() == 3, "joint_search: loads must be [B, T, N]");
   const int64_t B = loads.size(0), T = loads.size(1), N = loads.size(2);
+  TORCH_CHECK_VALUE(num_devices >= 1 && slots_per_device >= 1,
+                    "joint_search: num_devices and slots_per_device must be >= 1");
+  const int64_t P = num_devices * slots_per_device;
   check_rows(loads, "loads", at::kDouble, 3, B);
   check_rows(episode_weights, "episode_weights", at::kDouble, 2, B);
-  check_rows(counts, "counts", at::kLong, 2, B);
-  TORCH_CHECK(episode_weights.size(1) == T && counts.size(1) == N, "joint_search: sizes disagree");
-  TORCH_CHECK(num_devices >= 1 && num_physical % num_devices == 0,
-              "joint_search: num_physical must be a multiple of num_devices");
-  const int64_t S = num_physical / num_devices;
+  TORCH_CHECK_VALUE(episode_weights.size(1) == T, "joint_search: episode_weights must be [B, T]");
+  TORCH_CHECK_VALUE(counts.has_value() != init_slots.has_value(),
+                    "joint_search: give exactly one of counts (build a placement) and "
+                    "init_slots (start from one)");
+  TORCH_CHECK_VALUE(!time_limit.has_value() || *time_limit > 0,
+                    "joint_search: time_limit must be > 0 seconds (None: no limit)");
+  TORCH_CHECK_VALUE(perturb_rounds >= 0 && seed >= 0 && smoothing >= 0 && move_penalty >= 0,
+                    "joint_search: perturb_rounds, seed, smoothing and move_penalty must be >= 0");
   Tensor w = loads.contiguous(), ew = episode_weights.contiguous();
-  Tensor cnt = counts.clone().contiguous();
-  Tensor slots = at::empty({B, num_physical}, counts.options());
-  const bool build = !init_slots.has_value();
-  if (!build) {
+  Tensor cnt = at::zeros({B, N}, loads.options().dtype(at::kLong));
+  Tensor slots = at::empty({B, P}, loads.options().dtype(at::kLong));
+  const bool build = counts.has_value();
+  if (build) {
+    check_rows(*counts, "counts", at::kLong, 2, B);
+    TORCH_CHECK_VALUE(counts->size(1) == N, "joint_search: counts must be [B, N]");
+    cnt.copy_(*counts);
+  } else {
     check_rows(*init_slots, "init_slots", at::kLong, 2, B);
-    TORCH_CHECK(init_slots->size(1) == num_physical, "joint_search: init_slots must be [B, P]");
+    TORCH_CHECK_VALUE(init_slots->size(1) == P, "joint_search: init_slots must be [B, P]");
     slots.copy_(*init_slots);
   }
   Tensor anc;
   if (anchor.has_value()) {
     check_rows(*anchor, "anchor", at::kLong, 2, B);
-    TORCH_CHECK(anchor->size(1) == num_physical, "joint_search: anchor must be [B, P]");
+    TORCH_CHECK_VALUE(anchor->size(1) == P, "joint_search: anchor must be [B, P]");
     anc = anchor->contiguous();
-    TORCH_CHECK(B == 0 || (anc.min().item<int64_t>() >= 0 && anc.max().item<int64_t>() < N),
-                "joint_search: anchor ids must lie in [0, N)");
+    TORCH_CHECK_VALUE(B == 0 || (anc.min().item<int64_t>() >= 0 && anc.max().item<int64_t>() < N),
+                      "joint_search: anchor ids must lie in [0, N)");
   }
   Tensor stats = at::zeros({B, 3}, loads.options());
   const double* wp = w.data_ptr<double>();
@@ -65,10 +78,10 @@ std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
   const int64_t* ap = anc.defined() ? anc.data_ptr<int64_t>() : nullptr;
   double* st = stats.data_ptr<double>();
   auto deadline = std::chrono::steady_clock::time_point::max();
-  if (time_limit > 0)
+  if (time_limit.has_value())
     deadline = std::chrono::steady_clock::now() +
                std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                   std::chrono::duration<double>(time_limit));
+                   std::chrono::duration<double>(*time_limit));
   at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       SearchOptions opt;
@@ -78,8 +91,9 @@ std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
       opt.seed = static_cast<uint64_t>(seed) * 1000003ull + static_cast<uint64_t>(b);
       opt.deadline = deadline;
       opt.build = build;
-      SearchResult r = joint_search(T, N, num_devices, S, wp + b * T * N, ep + b * T, cp + b * N,
-                                    sp + b * num_physical, ap ? ap + b * num_physical : nullptr, opt);
+      SearchResult r = joint_search(T, N, num_devices, slots_per_device, wp + b * T * N,
+                                    ep + b * T, cp + b * N, sp + b * P,
+                                    ap ? ap + b * P : nullptr, opt);
       st[3 * b] = r.peak_ratio;
       st[3 * b + 1] = r.objective;
       st[3 * b + 2] = static_cast<double>(r.moves);
@@ -146,10 +160,12 @@ std::tuple<Tensor, Tensor> balanced_packing_cpu(const Tensor& weight, int64_t nu
 TORCH_LIBRARY_FRAGMENT(flashlb, m) {
   m.def("balanced_packing(Tensor weight, int num_packs) -> (Tensor, Tensor)");
   m.def("max_assignment(Tensor scores) -> Tensor");
+  // Keyword-only past the loads; flashlb.solvers.search.joint_search wraps it with a named result.
   m.def(
-      "joint_search(Tensor loads, Tensor episode_weights, Tensor counts, Tensor? init_slots, "
-      "Tensor? anchor, int num_devices, int num_physical, float smoothing, float move_penalty, "
-      "int perturb_rounds, int seed, float time_limit) -> (Tensor, Tensor, Tensor)");
+      "joint_search(Tensor loads, Tensor episode_weights, *, Tensor? counts=None, "
+      "Tensor? init_slots=None, Tensor? anchor=None, int num_devices, int slots_per_device, "
+      "float smoothing=0.05, float move_penalty=0., int perturb_rounds=0, int seed=0, "
+      "float? time_limit=None) -> (Tensor slots, Tensor counts, Tensor stats)");
 }
 
 TORCH_LIBRARY_IMPL(flashlb, CPU, m) {

@@ -1,14 +1,15 @@
 // Joint replica allotment and placement: construction + local search (see joint_search.h).
 //
-// Objective for one layer, with device loads L[d][t] normalised so each episode averages 1:
-//   H = sum_t ew[t] * max_d L[d][t]                    (mean per-episode peak/avg)
-//     + smoothing * sum_t ew[t] * mean_d L[d][t]^2      (balance below the peak)
-//     + move_penalty * moves                            (slots changed w.r.t. the anchor)
+// Objective for one layer, with device loads load[d][t] normalised so each episode averages 1
+// and episode weights weight[t]:
+//   objective = sum_t weight[t] * max_d load[d][t]                 (peak_sum: per-episode peak/avg)
+//             + smoothing * sum_t weight[t] * mean_d load[d][t]^2    (square_sum: below the peak)
+//             + move_penalty * moves                                 (slots changed w.r.t. the anchor)
 // Moves of the local search:
 //   swap  - exchange two replicas between a peak device and any other device;
 //   shift - hand one replica of a multi-replica expert to another expert, which changes the
 //           replica counts of both and so the load of every device that holds either.
-// Every accepted move lowers H strictly, so the search ends; perturbation rounds then kick
+// Every accepted move lowers the objective strictly, so the search ends; perturbation rounds then kick
 // the best placement and search again, keeping the best one found.
 #include "joint_search.h"
 
@@ -41,55 +42,58 @@ struct Rng {  // splitmix64: small, fast and identical on every platform
 
 class Search {
  public:
-  Search(int64_t T, int64_t N, int64_t D, int64_t S, const double* w, const double* ew,
-         const int64_t* anchor, const SearchOptions& opt)
-      : T_(T), N_(N), D_(D), S_(S), P_(D * S), w_(w), ew_(ew), opt_(opt),
-        lam_(opt.smoothing / static_cast<double>(D)), mu_(opt.move_penalty),
-        se_(D * S), cnt_(N), r_(D * S * T), L_(D * T), has_(D * N), top_i_(kTop * T),
-        top_v_(kTop * T), changed_(D, 0), ex_(T), la_(T), lb_(T), nl_(D * T) {
+  Search(int64_t T, int64_t N, int64_t D, int64_t S, const double* loads,
+         const double* episode_weights, const int64_t* anchor, const SearchOptions& opt)
+      : episodes_(T), experts_(N), devices_(D), slots_per_device_(S), slots_(D * S),
+        loads_(loads), weights_(episode_weights), options_(opt),
+        smoothing_per_device_(opt.smoothing / static_cast<double>(D)),
+        move_penalty_(opt.move_penalty), slot_expert_(D * S), counts_(N),
+        replica_load_(D * S * T), device_load_(D * T), holds_(D * N), top_device_(kTop * T),
+        top_load_(kTop * T), changed_(D, 0), others_peak_(T), load_a_(T), load_b_(T),
+        new_load_(D * T) {
     if (anchor != nullptr) {
-      ahas_.assign(D * N, 0);
-      for (int64_t p = 0; p < P_; ++p) ahas_[(p / S_) * N_ + anchor[p]] = 1;
+      anchor_holds_.assign(D * N, 0);
+      for (int64_t p = 0; p < slots_; ++p) anchor_holds_[(p / slots_per_device_) * experts_ + anchor[p]] = 1;
     }
-    for (int64_t t = 0; t < T_; ++t)
-      if (ew_[t] > 0) active_t_.push_back(t);
+    for (int64_t t = 0; t < episodes_; ++t)
+      if (weights_[t] > 0) live_episodes_.push_back(t);
   }
 
   // ---------------------------------------------------------------- state
   void set_state(const std::vector<int64_t>& slots, const std::vector<int64_t>& counts) {
-    for (int64_t p = 0; p < P_; ++p) se_[p] = slots[p];
-    for (int64_t e = 0; e < N_; ++e) cnt_[e] = counts[e];
+    for (int64_t p = 0; p < slots_; ++p) slot_expert_[p] = slots[p];
+    for (int64_t e = 0; e < experts_; ++e) counts_[e] = counts[e];
     rebuild();
   }
 
   void rebuild() {
-    std::fill(L_.begin(), L_.end(), 0.0);
-    std::fill(has_.begin(), has_.end(), 0);
-    for (int64_t p = 0; p < P_; ++p) {
-      int64_t e = se_[p], d = p / S_;
-      has_[d * N_ + e] = 1;
-      for (int64_t t = 0; t < T_; ++t) {
-        r_[p * T_ + t] = w_[t * N_ + e] / static_cast<double>(cnt_[e]);
-        L_[d * T_ + t] += r_[p * T_ + t];
+    std::fill(device_load_.begin(), device_load_.end(), 0.0);
+    std::fill(holds_.begin(), holds_.end(), 0);
+    for (int64_t p = 0; p < slots_; ++p) {
+      int64_t e = slot_expert_[p], d = p / slots_per_device_;
+      holds_[d * experts_ + e] = 1;
+      for (int64_t t = 0; t < episodes_; ++t) {
+        replica_load_[p * episodes_ + t] = loads_[t * experts_ + e] / static_cast<double>(counts_[e]);
+        device_load_[d * episodes_ + t] += replica_load_[p * episodes_ + t];
       }
     }
     kept_ = 0;
-    if (!ahas_.empty())
-      for (int64_t i = 0; i < D_ * N_; ++i) kept_ += has_[i] & ahas_[i];
+    if (!anchor_holds_.empty())
+      for (int64_t i = 0; i < devices_ * experts_; ++i) kept_ += holds_[i] & anchor_holds_[i];
     refresh();
   }
 
-  // Per-episode heaviest devices, F, G and H from the current loads.
+  // Per-episode heaviest devices, peak_sum_, square_sum_ and objective_ from the loads.
   void refresh() {
-    F_ = 0.0;
-    G_ = 0.0;
-    for (int64_t t : active_t_) {
+    peak_sum_ = 0.0;
+    square_sum_ = 0.0;
+    for (int64_t t : live_episodes_) {
       double v[kTop];
       int64_t id[kTop];
       for (int k = 0; k < kTop; ++k) { v[k] = -1.0; id[k] = -1; }
       double sq = 0.0;
-      for (int64_t d = 0; d < D_; ++d) {
-        double x = L_[d * T_ + t];
+      for (int64_t d = 0; d < devices_; ++d) {
+        double x = device_load_[d * episodes_ + t];
         sq += x * x;
         if (x <= v[kTop - 1]) continue;
         int k = kTop - 1;
@@ -98,27 +102,27 @@ class Search {
         id[k] = d;
       }
       for (int k = 0; k < kTop; ++k) {
-        top_v_[kTop * t + k] = v[k] < 0 ? 0.0 : v[k];
-        top_i_[kTop * t + k] = id[k];
+        top_load_[kTop * t + k] = v[k] < 0 ? 0.0 : v[k];
+        top_device_[kTop * t + k] = id[k];
       }
-      F_ += ew_[t] * v[0];
-      G_ += ew_[t] * sq;
+      peak_sum_ += weights_[t] * v[0];
+      square_sum_ += weights_[t] * sq;
     }
-    H_ = F_ + lam_ * G_ + mu_ * static_cast<double>(P_ - kept_);
+    objective_ = peak_sum_ + smoothing_per_device_ * square_sum_ + move_penalty_ * static_cast<double>(slots_ - kept_);
   }
 
-  double excl(int64_t t, int64_t a, int64_t b) const {  // max load over devices not a, b
+  double peak_without(int64_t t, int64_t a, int64_t b) const {  // max load over devices not a, b
     for (int k = 0; k < kTop; ++k) {
-      int64_t i = top_i_[kTop * t + k];
+      int64_t i = top_device_[kTop * t + k];
       if (i < 0) return 0.0;
-      if (i != a && i != b) return top_v_[kTop * t + k];
+      if (i != a && i != b) return top_load_[kTop * t + k];
     }
     return 0.0;
   }
 
   bool out_of_time() const {
-    return opt_.deadline != std::chrono::steady_clock::time_point::max() &&
-           std::chrono::steady_clock::now() > opt_.deadline;
+    return options_.deadline != std::chrono::steady_clock::time_point::max() &&
+           std::chrono::steady_clock::now() > options_.deadline;
   }
 
   // ---------------------------------------------------------------- construction
@@ -126,30 +130,30 @@ class Search {
   // the least to the weighted sum of squared loads: with one episode the least-loaded device,
   // with several the one whose load is least correlated with the replica's.
   void build(const std::vector<int64_t>& counts) {
-    for (int64_t e = 0; e < N_; ++e) cnt_[e] = counts[e];
-    std::vector<double> key(N_, 0.0);
-    for (int64_t e = 0; e < N_; ++e)
-      for (int64_t t : active_t_) key[e] += ew_[t] * w_[t * N_ + e] / cnt_[e];
+    for (int64_t e = 0; e < experts_; ++e) counts_[e] = counts[e];
+    std::vector<double> key(experts_, 0.0);
+    for (int64_t e = 0; e < experts_; ++e)
+      for (int64_t t : live_episodes_) key[e] += weights_[t] * loads_[t * experts_ + e] / counts_[e];
     std::vector<int64_t> order;
-    order.reserve(P_);
-    std::vector<int64_t> ex(N_);
+    order.reserve(slots_);
+    std::vector<int64_t> ex(experts_);
     std::iota(ex.begin(), ex.end(), 0);
     std::stable_sort(ex.begin(), ex.end(), [&](int64_t a, int64_t b) { return key[a] > key[b]; });
     for (int64_t e : ex)
-      for (int64_t k = 0; k < cnt_[e]; ++k) order.push_back(e);
+      for (int64_t k = 0; k < counts_[e]; ++k) order.push_back(e);
 
-    std::vector<int64_t> fill(D_, 0);
-    std::vector<double> mean(D_, 0.0);
-    std::fill(L_.begin(), L_.end(), 0.0);
-    std::fill(has_.begin(), has_.end(), 0);
-    std::fill(se_.begin(), se_.end(), -1);
+    std::vector<int64_t> fill(devices_, 0);
+    std::vector<double> mean(devices_, 0.0);
+    std::fill(device_load_.begin(), device_load_.end(), 0.0);
+    std::fill(holds_.begin(), holds_.end(), 0);
+    std::fill(slot_expert_.begin(), slot_expert_.end(), -1);
     for (int64_t e : order) {
       int64_t best = -1;
       double bc = 0.0, bm = 0.0;
-      for (int64_t d = 0; d < D_; ++d) {
-        if (fill[d] == S_ || has_[d * N_ + e]) continue;
+      for (int64_t d = 0; d < devices_; ++d) {
+        if (fill[d] == slots_per_device_ || holds_[d * experts_ + e]) continue;
         double c = 0.0;
-        for (int64_t t : active_t_) c += ew_[t] * L_[d * T_ + t] * w_[t * N_ + e];
+        for (int64_t t : live_episodes_) c += weights_[t] * device_load_[d * episodes_ + t] * loads_[t * experts_ + e];
         if (best < 0 || c < bc - kTol ||
             (c <= bc + kTol && (mean[d] < bm - kTol || (mean[d] <= bm + kTol && fill[d] < fill[best])))) {
           best = d;
@@ -158,13 +162,13 @@ class Search {
         }
       }
       if (best < 0) best = repair(e, fill);
-      int64_t p = best * S_ + fill[best]++;
-      se_[p] = e;
-      has_[best * N_ + e] = 1;
-      for (int64_t t = 0; t < T_; ++t) {
-        double x = w_[t * N_ + e] / cnt_[e];
-        L_[best * T_ + t] += x;
-        if (ew_[t] > 0) mean[best] += ew_[t] * x;
+      int64_t p = best * slots_per_device_ + fill[best]++;
+      slot_expert_[p] = e;
+      holds_[best * experts_ + e] = 1;
+      for (int64_t t = 0; t < episodes_; ++t) {
+        double x = loads_[t * experts_ + e] / counts_[e];
+        device_load_[best * episodes_ + t] += x;
+        if (weights_[t] > 0) mean[best] += weights_[t] * x;
       }
     }
     rebuild();
@@ -174,27 +178,27 @@ class Search {
   // replicas placed so far) and holds an expert f that an open device d lacks (d has fewer
   // than S experts): move f to d and free its slot in d2 for e. Returns d2 with one open slot.
   int64_t repair(int64_t e, std::vector<int64_t>& fill) {
-    for (int64_t d = 0; d < D_; ++d) {
-      if (fill[d] == S_) continue;
-      for (int64_t d2 = 0; d2 < D_; ++d2) {
-        if (fill[d2] != S_ || has_[d2 * N_ + e]) continue;
-        for (int64_t k = 0; k < S_; ++k) {
-          int64_t p2 = d2 * S_ + k, f = se_[p2];
-          if (has_[d * N_ + f]) continue;
-          int64_t p = d * S_ + fill[d]++;
-          se_[p] = f;
-          has_[d * N_ + f] = 1;
-          has_[d2 * N_ + f] = 0;
-          for (int64_t t = 0; t < T_; ++t) {
-            double x = w_[t * N_ + f] / cnt_[f];
-            L_[d * T_ + t] += x;
-            L_[d2 * T_ + t] -= x;
+    for (int64_t d = 0; d < devices_; ++d) {
+      if (fill[d] == slots_per_device_) continue;
+      for (int64_t d2 = 0; d2 < devices_; ++d2) {
+        if (fill[d2] != slots_per_device_ || holds_[d2 * experts_ + e]) continue;
+        for (int64_t k = 0; k < slots_per_device_; ++k) {
+          int64_t p2 = d2 * slots_per_device_ + k, f = slot_expert_[p2];
+          if (holds_[d * experts_ + f]) continue;
+          int64_t p = d * slots_per_device_ + fill[d]++;
+          slot_expert_[p] = f;
+          holds_[d * experts_ + f] = 1;
+          holds_[d2 * experts_ + f] = 0;
+          for (int64_t t = 0; t < episodes_; ++t) {
+            double x = loads_[t * experts_ + f] / counts_[f];
+            device_load_[d * episodes_ + t] += x;
+            device_load_[d2 * episodes_ + t] -= x;
           }
           // Slot p2 becomes the last open slot of d2: compact d2 so its open slot is last.
-          int64_t last = d2 * S_ + S_ - 1;
-          se_[p2] = se_[last];
-          se_[last] = -1;
-          fill[d2] = S_ - 1;
+          int64_t last = d2 * slots_per_device_ + slots_per_device_ - 1;
+          slot_expert_[p2] = slot_expert_[last];
+          slot_expert_[last] = -1;
+          fill[d2] = slots_per_device_ - 1;
           return d2;
         }
       }
@@ -205,10 +209,10 @@ class Search {
   // ---------------------------------------------------------------- moves
   // Source devices: those that are the peak of some weighted episode, most weight first.
   std::vector<int64_t> sources() const {
-    std::vector<double> c(D_, 0.0);
-    for (int64_t t : active_t_) c[top_i_[kTop * t]] += ew_[t];
+    std::vector<double> c(devices_, 0.0);
+    for (int64_t t : live_episodes_) c[top_device_[kTop * t]] += weights_[t];
     std::vector<int64_t> ds;
-    for (int64_t d = 0; d < D_; ++d)
+    for (int64_t d = 0; d < devices_; ++d)
       if (c[d] > 0) ds.push_back(d);
     std::stable_sort(ds.begin(), ds.end(), [&](int64_t a, int64_t b) { return c[a] > c[b]; });
     if (ds.size() > 3) ds.resize(3);
@@ -216,41 +220,41 @@ class Search {
   }
 
   int64_t anchor_gain(int64_t d, int64_t e) const {
-    return ahas_.empty() ? 0 : ahas_[d * N_ + e];
+    return anchor_holds_.empty() ? 0 : anchor_holds_[d * experts_ + e];
   }
 
-  // Best swap between source device a and partner b; returns its change of H (or 0).
+  // Best swap between source device a and partner b; returns the change of the objective (or 0).
   double best_swap_with(int64_t a, int64_t b, int64_t& bi, int64_t& bj) {
     double best = -kTol;
-    const bool prune = mu_ == 0.0;
-    for (int64_t t = 0; t < T_; ++t) {
-      ex_[t] = ew_[t] > 0 ? excl(t, a, b) : 0.0;
-      la_[t] = L_[a * T_ + t];
-      lb_[t] = L_[b * T_ + t];
+    const bool prune = move_penalty_ == 0.0;
+    for (int64_t t = 0; t < episodes_; ++t) {
+      others_peak_[t] = weights_[t] > 0 ? peak_without(t, a, b) : 0.0;
+      load_a_[t] = device_load_[a * episodes_ + t];
+      load_b_[t] = device_load_[b * episodes_ + t];
     }
-    for (int64_t i = a * S_; i < (a + 1) * S_; ++i) {
-      int64_t ei = se_[i];
-      if (has_[b * N_ + ei]) continue;
-      const double* ri = &r_[i * T_];
-      for (int64_t j = b * S_; j < (b + 1) * S_; ++j) {
-        int64_t ej = se_[j];
-        if (has_[a * N_ + ej]) continue;
-        const double* rj = &r_[j * T_];
-        // dF >= key[j] - key[i] (a stays the peak of its episodes): no gain in the peaks.
-        if (prune && key_[j] >= key_[i]) continue;
-        double dF = 0.0, dG = 0.0;
-        for (int64_t t = 0; t < T_; ++t) {  // flat loop over all episodes: vectorises
+    for (int64_t i = a * slots_per_device_; i < (a + 1) * slots_per_device_; ++i) {
+      int64_t ei = slot_expert_[i];
+      if (holds_[b * experts_ + ei]) continue;
+      const double* ri = &replica_load_[i * episodes_];
+      for (int64_t j = b * slots_per_device_; j < (b + 1) * slots_per_device_; ++j) {
+        int64_t ej = slot_expert_[j];
+        if (holds_[a * experts_ + ej]) continue;
+        const double* rj = &replica_load_[j * episodes_];
+        // d_peak >= key[j] - key[i] (a stays the peak of its episodes): no gain in the peaks.
+        if (prune && peak_share_[j] >= peak_share_[i]) continue;
+        double d_peak = 0.0, d_square = 0.0;
+        for (int64_t t = 0; t < episodes_; ++t) {  // flat loop over all episodes: vectorises
           double dl = rj[t] - ri[t];
-          double na = la_[t] + dl, nb = lb_[t] - dl;
-          double m = std::max(std::max(na, nb), ex_[t]);
-          dF += ew_[t] * (m - top_v_[kTop * t]);
-          dG += ew_[t] * dl * (la_[t] - lb_[t] + dl);
+          double na = load_a_[t] + dl, nb = load_b_[t] - dl;
+          double m = std::max(std::max(na, nb), others_peak_[t]);
+          d_peak += weights_[t] * (m - top_load_[kTop * t]);
+          d_square += weights_[t] * dl * (load_a_[t] - load_b_[t] + dl);
         }
         double dk = static_cast<double>(anchor_gain(a, ej) - anchor_gain(a, ei) +
                                         anchor_gain(b, ei) - anchor_gain(b, ej));
-        double dH = dF + 2.0 * lam_ * dG - mu_ * dk;
-        if (dH < best) {
-          best = dH;
+        double d_objective = d_peak + 2.0 * smoothing_per_device_ * d_square - move_penalty_ * dk;
+        if (d_objective < best) {
+          best = d_objective;
           bi = i;
           bj = j;
         }
@@ -263,19 +267,19 @@ class Search {
   // decreasing room below the peaks; after the first partner that offers an improvement,
   // a few more are tried and the best swap is applied.
   bool swap_step() {
-    if (D_ < 2) return false;
-    std::vector<double> room(D_);
-    std::vector<int64_t> order(D_);
+    if (devices_ < 2) return false;
+    std::vector<double> room(devices_);
+    std::vector<int64_t> order(devices_);
     for (int64_t a : sources()) {
       // key[p]: load slot p would bring to a in the episodes where a is the peak.
-      std::fill(key_.begin(), key_.end(), 0.0);
-      for (int64_t t : active_t_) {
-        if (top_i_[kTop * t] != a) continue;
-        for (int64_t p = 0; p < P_; ++p) key_[p] += ew_[t] * r_[p * T_ + t];
+      std::fill(peak_share_.begin(), peak_share_.end(), 0.0);
+      for (int64_t t : live_episodes_) {
+        if (top_device_[kTop * t] != a) continue;
+        for (int64_t p = 0; p < slots_; ++p) peak_share_[p] += weights_[t] * replica_load_[p * episodes_ + t];
       }
-      for (int64_t b = 0; b < D_; ++b) {
+      for (int64_t b = 0; b < devices_; ++b) {
         double x = 0.0;
-        for (int64_t t : active_t_) x += ew_[t] * (top_v_[kTop * t] - L_[b * T_ + t]);
+        for (int64_t t : live_episodes_) x += weights_[t] * (top_load_[kTop * t] - device_load_[b * episodes_ + t]);
         room[b] = x;
       }
       std::iota(order.begin(), order.end(), 0);
@@ -303,78 +307,78 @@ class Search {
   }
 
   void apply_swap(int64_t i, int64_t j) {
-    int64_t a = i / S_, b = j / S_, ei = se_[i], ej = se_[j];
+    int64_t a = i / slots_per_device_, b = j / slots_per_device_, ei = slot_expert_[i], ej = slot_expert_[j];
     kept_ += anchor_gain(a, ej) - anchor_gain(a, ei) + anchor_gain(b, ei) - anchor_gain(b, ej);
-    has_[a * N_ + ei] = 0;
-    has_[b * N_ + ej] = 0;
-    has_[a * N_ + ej] = 1;
-    has_[b * N_ + ei] = 1;
-    std::swap(se_[i], se_[j]);
-    for (int64_t t = 0; t < T_; ++t) {
-      double dl = r_[j * T_ + t] - r_[i * T_ + t];
-      std::swap(r_[i * T_ + t], r_[j * T_ + t]);
-      L_[a * T_ + t] += dl;
-      L_[b * T_ + t] -= dl;
+    holds_[a * experts_ + ei] = 0;
+    holds_[b * experts_ + ej] = 0;
+    holds_[a * experts_ + ej] = 1;
+    holds_[b * experts_ + ei] = 1;
+    std::swap(slot_expert_[i], slot_expert_[j]);
+    for (int64_t t = 0; t < episodes_; ++t) {
+      double dl = replica_load_[j * episodes_ + t] - replica_load_[i * episodes_ + t];
+      std::swap(replica_load_[i * episodes_ + t], replica_load_[j * episodes_ + t]);
+      device_load_[a * episodes_ + t] += dl;
+      device_load_[b * episodes_ + t] -= dl;
     }
     refresh();
   }
 
-  // H after slot s changes from its expert x to expert y (replica counts x-1, y+1). Only
+  // The objective after slot s changes from its expert x to expert y (replica counts x-1, y+1). Only
   // the devices holding x or y change; the peak of the others comes from the top lists.
   double shift_value(int64_t s, int64_t y) {
-    int64_t d = s / S_, x = se_[s];
-    double cx = static_cast<double>(cnt_[x]), cy = static_cast<double>(cnt_[y]);
+    int64_t d = s / slots_per_device_, x = slot_expert_[s];
+    double cx = static_cast<double>(counts_[x]), cy = static_cast<double>(counts_[y]);
     touched_.clear();
-    for (int64_t q = 0; q < D_; ++q) {
-      bool hx = has_[q * N_ + x] && q != d, hy = has_[q * N_ + y];
+    for (int64_t q = 0; q < devices_; ++q) {
+      bool hx = holds_[q * experts_ + x] && q != d, hy = holds_[q * experts_ + y];
       if (!hx && !hy && q != d) continue;
       touched_.push_back(q);
       changed_[q] = 1;
-      for (int64_t t = 0; t < T_; ++t) {
-        double v = L_[q * T_ + t];
-        if (hx) v += w_[t * N_ + x] * (1.0 / (cx - 1.0) - 1.0 / cx);
-        if (hy) v += w_[t * N_ + y] * (1.0 / (cy + 1.0) - 1.0 / cy);
-        if (q == d) v += w_[t * N_ + y] / (cy + 1.0) - w_[t * N_ + x] / cx;
-        nl_[q * T_ + t] = v;
+      for (int64_t t = 0; t < episodes_; ++t) {
+        double v = device_load_[q * episodes_ + t];
+        if (hx) v += loads_[t * experts_ + x] * (1.0 / (cx - 1.0) - 1.0 / cx);
+        if (hy) v += loads_[t * experts_ + y] * (1.0 / (cy + 1.0) - 1.0 / cy);
+        if (q == d) v += loads_[t * experts_ + y] / (cy + 1.0) - loads_[t * experts_ + x] / cx;
+        new_load_[q * episodes_ + t] = v;
       }
     }
     double f = 0.0, dg = 0.0;
-    for (int64_t t : active_t_) {
+    for (int64_t t : live_episodes_) {
       double m = -1.0;
       for (int k = 0; k < kTop && m < 0; ++k) {
-        int64_t i = top_i_[kTop * t + k];
+        int64_t i = top_device_[kTop * t + k];
         if (i < 0) m = 0.0;
-        else if (!changed_[i]) m = top_v_[kTop * t + k];
+        else if (!changed_[i]) m = top_load_[kTop * t + k];
       }
       if (m < 0) {  // every remembered device changed: scan the others
         m = 0.0;
-        for (int64_t q = 0; q < D_; ++q)
-          if (!changed_[q]) m = std::max(m, L_[q * T_ + t]);
+        for (int64_t q = 0; q < devices_; ++q)
+          if (!changed_[q]) m = std::max(m, device_load_[q * episodes_ + t]);
       }
       double g = 0.0;
       for (int64_t q : touched_) {
-        double v = nl_[q * T_ + t], o = L_[q * T_ + t];
+        double v = new_load_[q * episodes_ + t], o = device_load_[q * episodes_ + t];
         m = std::max(m, v);
         g += v * v - o * o;
       }
-      f += ew_[t] * m;
-      dg += ew_[t] * g;
+      f += weights_[t] * m;
+      dg += weights_[t] * g;
     }
     for (int64_t q : touched_) changed_[q] = 0;
     int64_t kept = kept_ - anchor_gain(d, x) + anchor_gain(d, y);
-    return f + lam_ * (G_ + dg) + mu_ * static_cast<double>(P_ - kept);
+    return f + smoothing_per_device_ * (square_sum_ + dg) + move_penalty_ * static_cast<double>(slots_ - kept);
   }
 
   bool shift_valid(int64_t s, int64_t y) const {
-    int64_t x = se_[s];
-    return x != y && cnt_[x] >= 2 && cnt_[y] < D_ && !has_[(s / S_) * N_ + y];
+    int64_t x = slot_expert_[s];
+    return x != y && counts_[x] >= 2 && counts_[y] < devices_ && !holds_[(s / slots_per_device_) * experts_ + y];
   }
 
   bool shift_step() {
     std::vector<int64_t> src = sources();
     if (src.empty()) return false;
     int64_t a = src[0];
-    double best = H_ - kTol;
+    double best = objective_ - kTol;
     int64_t bs = -1, by = -1;
     auto consider = [&](int64_t s, int64_t y) {
       if (!shift_valid(s, y)) return;
@@ -386,27 +390,27 @@ class Search {
       }
     };
     // (A) one more replica for an expert on the peak device, taken from any slot elsewhere.
-    for (int64_t i = a * S_; i < (a + 1) * S_; ++i)
-      for (int64_t s = 0; s < P_; ++s) consider(s, se_[i]);
+    for (int64_t i = a * slots_per_device_; i < (a + 1) * slots_per_device_; ++i)
+      for (int64_t s = 0; s < slots_; ++s) consider(s, slot_expert_[i]);
     // (B) a multi-replica slot on the peak device handed to any other expert.
-    for (int64_t s = a * S_; s < (a + 1) * S_; ++s)
-      if (cnt_[se_[s]] >= 2)
-        for (int64_t y = 0; y < N_; ++y) consider(s, y);
+    for (int64_t s = a * slots_per_device_; s < (a + 1) * slots_per_device_; ++s)
+      if (counts_[slot_expert_[s]] >= 2)
+        for (int64_t y = 0; y < experts_; ++y) consider(s, y);
     if (bs < 0) return false;
     apply_shift(bs, by);
     return true;
   }
 
   void apply_shift(int64_t s, int64_t y) {
-    int64_t x = se_[s];
-    se_[s] = y;
-    cnt_[x] -= 1;
-    cnt_[y] += 1;
+    int64_t x = slot_expert_[s];
+    slot_expert_[s] = y;
+    counts_[x] -= 1;
+    counts_[y] += 1;
     rebuild();
   }
 
   void local_search() {
-    int64_t guard = 0, limit = 64 * P_ + 1000;
+    int64_t guard = 0, limit = 64 * slots_ + 1000;
     while (guard++ < limit && !out_of_time()) {
       if (swap_step()) continue;
       if (shift_step()) continue;
@@ -419,12 +423,12 @@ class Search {
   // few random valid swaps between a peak device and another one (explores placements).
   void perturb(Rng& rng) {
     if (rng.below(2) == 0) {
-      std::vector<int64_t> c(cnt_);
+      std::vector<int64_t> c(counts_);
       bool changed = false;
       for (int64_t n = 1 + rng.below(2); n > 0; --n) {
         for (int tries = 0; tries < 32; ++tries) {
-          int64_t x = rng.below(N_), y = rng.below(N_);
-          if (x == y || c[x] < 2 || c[y] >= D_) continue;
+          int64_t x = rng.below(experts_), y = rng.below(experts_);
+          if (x == y || c[x] < 2 || c[y] >= devices_) continue;
           --c[x];
           ++c[y];
           changed = true;
@@ -436,15 +440,15 @@ class Search {
         return;
       }
     }
-    if (D_ < 2) return;
+    if (devices_ < 2) return;
     std::vector<int64_t> src = sources();
     for (int64_t n = 1 + rng.below(3); n > 0; --n) {
       for (int tries = 0; tries < 32; ++tries) {
-        int64_t a = (!src.empty() && rng.below(2) == 0) ? src[rng.below(src.size())] : rng.below(D_);
-        int64_t b = rng.below(D_);
+        int64_t a = (!src.empty() && rng.below(2) == 0) ? src[rng.below(src.size())] : rng.below(devices_);
+        int64_t b = rng.below(devices_);
         if (a == b) continue;
-        int64_t i = a * S_ + rng.below(S_), j = b * S_ + rng.below(S_);
-        if (se_[i] == se_[j] || has_[b * N_ + se_[i]] || has_[a * N_ + se_[j]]) continue;
+        int64_t i = a * slots_per_device_ + rng.below(slots_per_device_), j = b * slots_per_device_ + rng.below(slots_per_device_);
+        if (slot_expert_[i] == slot_expert_[j] || holds_[b * experts_ + slot_expert_[i]] || holds_[a * experts_ + slot_expert_[j]]) continue;
         apply_swap(i, j);
         break;
       }
@@ -453,55 +457,59 @@ class Search {
 
   SearchResult run(Rng& rng) {
     local_search();
-    std::vector<int64_t> best_se(se_), best_cnt(cnt_);
-    double best_h = H_;
-    for (int64_t round = 0; round < opt_.perturb_rounds && !out_of_time(); ++round) {
+    std::vector<int64_t> best_slots(slot_expert_), best_counts(counts_);
+    double best_objective = objective_;
+    for (int64_t round = 0; round < options_.perturb_rounds && !out_of_time(); ++round) {
       perturb(rng);
       local_search();
-      if (H_ < best_h - kTol) {
-        best_h = H_;
-        best_se = se_;
-        best_cnt = cnt_;
+      if (objective_ < best_objective - kTol) {
+        best_objective = objective_;
+        best_slots = slot_expert_;
+        best_counts = counts_;
       } else {
-        set_state(best_se, best_cnt);
+        set_state(best_slots, best_counts);
       }
     }
-    if (H_ > best_h + kTol) set_state(best_se, best_cnt);
-    return {F_, H_, ahas_.empty() ? 0 : P_ - kept_};
+    if (objective_ > best_objective + kTol) set_state(best_slots, best_counts);
+    return {peak_sum_, objective_, anchor_holds_.empty() ? 0 : slots_ - kept_};
   }
 
   // Declared in the order of the constructor's initialiser list.
-  int64_t T_, N_, D_, S_, P_;
-  const double* w_;
-  const double* ew_;
-  SearchOptions opt_;
-  double lam_, mu_;
-  std::vector<int64_t> se_, cnt_;  // expert of each slot, replicas of each expert
-  std::vector<double> r_, L_;      // replica load per slot and episode, device loads
-  std::vector<uint8_t> has_;       // [D * N] device holds expert
-  std::vector<int64_t> top_i_;
-  std::vector<double> top_v_;
-  std::vector<uint8_t> changed_;       // scratch of shift_value: devices it changes
-  std::vector<double> ex_, la_, lb_;   // scratch of best_swap_with, [T]
-  std::vector<double> nl_;             // scratch of shift_value: new loads [D * T]
-  std::vector<int64_t> touched_;
-  std::vector<double> key_ = std::vector<double>(P_);  // scratch of swap_step, [P]
-  std::vector<uint8_t> ahas_;      // [D * N] anchor device held expert
-  std::vector<int64_t> active_t_;  // episodes with positive weight
-  int64_t kept_ = 0;
-  double F_ = 0.0, G_ = 0.0, H_ = 0.0;
-
+  int64_t episodes_, experts_, devices_, slots_per_device_, slots_;  // T, N, D, S, P = D * S
+  const double* loads_;    // [T * N] episode-major, each episode's device average 1
+  const double* weights_;  // [T] episode weights
+  SearchOptions options_;
+  double smoothing_per_device_;  // smoothing / D: the weight of the sum of squared loads
+  double move_penalty_;
+  std::vector<int64_t> slot_expert_;   // [P] expert held by each slot
+  std::vector<int64_t> counts_;        // [N] replicas of each expert
+  std::vector<double> replica_load_;   // [P * T] load of the replica in each slot, per episode
+  std::vector<double> device_load_;    // [D * T]
+  std::vector<uint8_t> holds_;         // [D * N] device d holds expert e
+  std::vector<int64_t> top_device_;    // [T * kTop] heaviest devices per episode, -1 padded
+  std::vector<double> top_load_;       // [T * kTop] their loads
+  std::vector<uint8_t> changed_;       // scratch of shift_value: devices it changes [D]
+  std::vector<double> others_peak_, load_a_, load_b_;  // scratch of best_swap_with [T]
+  std::vector<double> new_load_;       // scratch of shift_value: new loads [D * T]
+  std::vector<int64_t> touched_;       // scratch of shift_value: devices it changes
+  std::vector<double> peak_share_ = std::vector<double>(slots_);  // scratch of swap_step [P]
+  std::vector<uint8_t> anchor_holds_;  // [D * N] device d held expert e in the anchor
+  std::vector<int64_t> live_episodes_; // episodes with positive weight
+  int64_t kept_ = 0;                   // (device, expert) pairs shared with the anchor
+  double peak_sum_ = 0.0;              // sum_t weight * peak load
+  double square_sum_ = 0.0;            // sum_t weight * sum_d load^2
+  double objective_ = 0.0;             // peak_sum_ + smoothing and move terms
 };
 
 }  // namespace
 
-SearchResult joint_search(int64_t T, int64_t N, int64_t D, int64_t S, const double* w,
-                          const double* ew, int64_t* counts, int64_t* slots,
+SearchResult joint_search(int64_t T, int64_t N, int64_t D, int64_t S, const double* loads,
+                          const double* episode_weights, int64_t* counts, int64_t* slots,
                           const int64_t* anchor, const SearchOptions& opt) {
   const int64_t P = D * S;
   if (T < 1 || N < 1 || D < 1 || S < 1 || S > N || P < N)
     throw std::invalid_argument("flashlb.joint_search: sizes need T, N, D, S >= 1, S <= N <= D * S");
-  Search search(T, N, D, S, w, ew, anchor, opt);
+  Search search(T, N, D, S, loads, episode_weights, anchor, opt);
   if (opt.build) {
     std::vector<int64_t> c(counts, counts + N);
     int64_t total = 0;
@@ -523,8 +531,8 @@ SearchResult joint_search(int64_t T, int64_t N, int64_t D, int64_t S, const doub
   }
   Rng rng(opt.seed);
   SearchResult res = search.run(rng);
-  for (int64_t p = 0; p < P; ++p) slots[p] = search.se_[p];
-  for (int64_t e = 0; e < N; ++e) counts[e] = search.cnt_[e];
+  for (int64_t p = 0; p < P; ++p) slots[p] = search.slot_expert_[p];
+  for (int64_t e = 0; e < N; ++e) counts[e] = search.counts_[e];
   return res;
 }
 

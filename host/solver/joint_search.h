@@ -23,24 +23,25 @@ struct SearchOptions {
   uint64_t seed = 0;
   // Wall-clock deadline shared by all problems of one call; time_point::max() means none.
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
-  // true: build a placement from `counts`; false: start from `slots` (and its counts).
+  // true: build a placement from `counts`; false: start from `slots` (its own counts).
   bool build = true;
 };
 
 struct SearchResult {
-  double peak_ratio;  // sum_t ew[t] * max_d load[d][t]
+  double peak_ratio;  // sum_t episode_weights[t] * max_d device_load[d][t]
   double objective;   // peak_ratio + smoothing and move terms
   int64_t moves;      // slots that differ from the anchor (up to slot order on a device)
 };
 
-// T episodes, N experts, D devices, S slots per device (P = D * S).
-// w:      [T * N] episode-major loads, each episode scaled so that its device average is 1.
-// ew:     [T] episode weights (sum 1, or all 0 for a layer without load).
-// counts: [N] replica counts: input when build, always output. 1 <= counts[e] <= D, sum P.
-// slots:  [P] expert of each physical slot: input when !build, always output.
-// anchor: [P] placement currently in service, or nullptr.
-SearchResult joint_search(int64_t T, int64_t N, int64_t D, int64_t S, const double* w,
-                          const double* ew, int64_t* counts, int64_t* slots,
+// episodes T, experts N, devices D, slots_per_device S (P = D * S slots in all).
+// loads:           [T * N] episode-major, each episode scaled so its device average is 1.
+// episode_weights: [T] (sum 1, or all 0 for a layer without load).
+// counts:          [N] replicas of each expert: read when opt.build (1 <= counts[e] <= D,
+//                  sum P), ignored otherwise; always written with the result's counts.
+// slots:           [P] expert of each slot: read when !opt.build; always written.
+// anchor:          [P] placement in service (moves are counted against it), or nullptr.
+SearchResult joint_search(int64_t T, int64_t N, int64_t D, int64_t S, const double* loads,
+                          const double* episode_weights, int64_t* counts, int64_t* slots,
                           const int64_t* anchor, const SearchOptions& opt);
 
 }  // namespace flashlb

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..placement import Placement
+from . import ops  # noqa: F401  (registers torch.ops.flashlb.max_assignment)
+from .placement import Placement
 
 __all__ = ["align_to"]
 
