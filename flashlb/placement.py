@@ -189,7 +189,7 @@ class Placement:
         if R < want.shape[2]:
             raise ValueError(f"log2phy is {R} wide, but some expert has {want.shape[2]} replicas")
         # Each row lists the expert's slots (any order) first, then -1 padding.
-        padded = torch.arange(R) >= cnt.to(torch.int64).unsqueeze(-1)
+        padded = torch.arange(R, device=cnt.device) >= cnt.to(torch.int64).unsqueeze(-1)
         if bool(((l2p == -1) != padded).any()):
             l, e = ((l2p == -1) != padded).any(-1).nonzero()[0].tolist()
             raise ValueError(f"log2phy of layer {l}, expert {e} is not its slots followed by -1 padding")

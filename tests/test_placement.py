@@ -53,6 +53,26 @@ def test_validate_names_each_broken_invariant(mutate, message):
         mutate(p).validate()
 
 
+def _devices():
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    if getattr(torch, "npu", None) is not None and torch.npu.is_available():
+        out.append("npu")
+    return out
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "npu"])
+def test_validate_on_the_placements_device(device):
+    # every tensor validate() builds lives on the placement's device (arange used to be CPU)
+    if device not in _devices():
+        pytest.skip(f"no {device} device here")
+    p = make([[0, 1, 2, 0, 3, 1]], 4, 3).to(device)
+    assert p.validate() is p
+    with pytest.raises(ValueError, match="log2phy"):
+        Placement(p.phy2log, p.log2phy.flip(-1), p.logcnt, 3).validate()
+
+
 def test_validate_duplicates_unless_allowed():
     p = make([[0, 0, 1, 2]], 3, 2)
     with pytest.raises(ValueError, match="device 0 of layer 0 holds expert 0 twice"):
