@@ -139,7 +139,7 @@ def _table(h, before, after, live, P, D, *, before_name="default", after_name="f
 
     idx = torch.tensor(live)
     hl = h[:, idx]
-    lb = (metrics.lower_bound_peak(hl.sum(0), P, D) / (hl.sum(0).sum(-1) / D)).tolist()
+    lb = metrics.lower_bound_ratio(hl, P, D).tolist()
     rb = metrics.balance_ratio(before.select_layers(idx), hl).tolist()
     ra = metrics.balance_ratio(after.select_layers(idx), hl).tolist()
     out = [f"{'layer':>6} {before_name:>9} {after_name:>9} {'bound':>9}" + (f" {'moves':>6}" if moves is not None else "")]
@@ -149,7 +149,7 @@ def _table(h, before, after, live, P, D, *, before_name="default", after_name="f
         out.append(line + (f" {int(moves[live[i]]):6d}" if moves is not None else ""))
     if len(live) > rows:
         out.append(f"({rows} of {len(live)} layers with load shown: those {before_name} balances worst; "
-                   "bound: a lower bound for the summed window)")
+                   "bound: a lower bound on the per-episode peak/avg, averaged like the ratios)")
     return "\n".join(out)
 
 
@@ -297,8 +297,8 @@ def cmd_report(args) -> int:
     for name, p in (("default", base), ("flashlb", new)):
         r = metrics.balance_ratio(p.select_layers(idx), hl)
         ax.plot(live, r.numpy(), marker=".", label=f"{name} (mean {r.mean():.4f})")
-    lb = metrics.lower_bound_peak(hl.sum(0), args.physical, args.devices) / (hl.sum(0).sum(-1) / args.devices)
-    ax.plot(live, lb.numpy(), linestyle=":", color="gray", label="lower bound (summed window)")
+    lb = metrics.lower_bound_ratio(hl, args.physical, args.devices)
+    ax.plot(live, lb.numpy(), linestyle=":", color="gray", label="lower bound (per episode, averaged)")
     ax.set_xlabel("layer")
     ax.set_ylabel("per-episode peak / average")
     ax.set_title(f"{args.physical} slots on {args.devices} devices")
