@@ -4,7 +4,20 @@
 // a range of whole 32-byte blocks of columns (host/include/flashlb/tiling.h) and walks it in
 // tiles that fit the unified buffer: one pass sums each episode's steps, a second computes the
 // mean and (population) variance of the episode sums, the oldest, short episode scaled to E
-// steps. The CPU kernel in host/ops/hotness.cpp is the reference this kernel must equal.
+// steps. The CPU kernel in host/ops/hotness.cpp is the reference this kernel must equal; the
+// CPU twin (kernels/twin/) runs this file unchanged against it.
+//
+// Accuracy (float32, against the CPU kernel's float64): episode sums are exact while the
+// partial sums are integers below 2^24 (counts); mean and variance divide by T (no rounded
+// 1/T) and the variance is two-pass, so with M the largest |scaled episode sum| the errors stay
+// below (T + 2) * 2^-24 * M for the mean and 4 (T + 2) * 2^-24 * M^2 for the variance
+// (tests/test_kernels_cpu_twin.py holds the twin to these bounds).
+//
+// Synchronisation (NPU architecture 2201): the compiler orders V -> V only, so every hand-over
+// between the vector unit and the copy engines is an explicit flag pair: MTE2 -> V after each
+// load, V -> MTE2 before a load overwrites `row` that vector ops may still read, V -> MTE3
+// before a store, MTE3 -> V before a stored buffer is overwritten, and MTE3 -> MTE2 so that
+// the episode sums written to global memory are read back only once they are there.
 #include "kernel_operator.h"
 
 #include "flashlb/tiling.h"
@@ -41,20 +54,29 @@ class EpisodeKernel {
   }
 
  private:
+  template <AscendC::HardEvent E>
+  __aicore__ inline void Await() {
+    const int32_t id = static_cast<int32_t>(pipe_.FetchEventID(E));
+    AscendC::SetFlag<E>(id);
+    AscendC::WaitFlag<E>(id);
+  }
+
   __aicore__ inline void Load(AscendC::LocalTensor<float>& dst, AscendC::GlobalTensor<float>& src,
                               int64_t offset, int64_t n) {
+    Await<AscendC::HardEvent::V_MTE2>();
     AscendC::DataCopyExtParams copy{1, static_cast<uint32_t>(n * sizeof(float)), 0, 0, 0};
-    AscendC::DataCopyPadExtParams<float> pad{false, 0, 0, 0};
+    AscendC::DataCopyPadExtParams<float> pad{false, 0, 0, 0.0f};
     AscendC::DataCopyPad(dst, src[offset], copy, pad);
-    AscendC::PipeBarrier<PIPE_ALL>();
+    Await<AscendC::HardEvent::MTE2_V>();
   }
 
   __aicore__ inline void Store(AscendC::GlobalTensor<float>& dst, int64_t offset,
                                AscendC::LocalTensor<float>& src, int64_t n) {
-    AscendC::PipeBarrier<PIPE_ALL>();
+    Await<AscendC::HardEvent::V_MTE3>();
     AscendC::DataCopyExtParams copy{1, static_cast<uint32_t>(n * sizeof(float)), 0, 0, 0};
     AscendC::DataCopyPad(dst[offset], src, copy);
-    AscendC::PipeBarrier<PIPE_ALL>();
+    Await<AscendC::HardEvent::MTE3_V>();
+    Await<AscendC::HardEvent::MTE3_MTE2>();
   }
 
   __aicore__ inline void SumEpisodes(int64_t c, int64_t n) {
@@ -73,12 +95,13 @@ class EpisodeKernel {
     }
   }
 
+  // acc = sum over episodes of the scaled sums, then / T; sq likewise with squared deviations.
   __aicore__ inline void Moments(int64_t c, int64_t n) {
     AscendC::LocalTensor<float> row = rowBuf_.Get<float>();
     AscendC::LocalTensor<float> acc = accBuf_.Get<float>();
     AscendC::LocalTensor<float> sq = sqBuf_.Get<float>();
     const int32_t len = static_cast<int32_t>(n);
-    const float inv = 1.0f / static_cast<float>(numEpisodes_);
+    const float episodes = static_cast<float>(numEpisodes_);
     const float firstScale = static_cast<float>(episodeLen_) / static_cast<float>(firstLen_);
     AscendC::Duplicate(acc, 0.0f, len);
     for (int64_t i = 0; i < numEpisodes_; ++i) {
@@ -86,7 +109,8 @@ class EpisodeKernel {
       if (i == 0) AscendC::Muls(row, row, firstScale, len);
       AscendC::Add(acc, acc, row, len);
     }
-    AscendC::Muls(acc, acc, inv, len);  // mean
+    AscendC::Duplicate(sq, episodes, len);
+    AscendC::Div(acc, acc, sq, len);  // mean
     Store(meanGm_, c, acc, n);
     AscendC::Duplicate(sq, 0.0f, len);
     for (int64_t i = 0; i < numEpisodes_; ++i) {
@@ -96,7 +120,8 @@ class EpisodeKernel {
       AscendC::Mul(row, row, row, len);
       AscendC::Add(sq, sq, row, len);
     }
-    AscendC::Muls(sq, sq, inv, len);  // population variance
+    AscendC::Duplicate(row, episodes, len);
+    AscendC::Div(sq, sq, row, len);  // population variance
     Store(varGm_, c, sq, n);
   }
 
@@ -109,6 +134,7 @@ class EpisodeKernel {
 
 }  // namespace
 
+// The launch is in kernels/launch.cpp.
 extern "C" __global__ __aicore__ void flashlb_episode_stats_f32(
     GM_ADDR steps, GM_ADDR episodes, GM_ADDR mean, GM_ADDR var, int64_t numSteps, int64_t columns,
     int64_t episodeLen, int64_t numEpisodes, int64_t firstLen, int64_t perCore, int64_t tile) {
@@ -116,14 +142,3 @@ extern "C" __global__ __aicore__ void flashlb_episode_stats_f32(
   op.Init(steps, episodes, mean, var, numSteps, columns, episodeLen, numEpisodes, firstLen, perCore, tile);
   op.Process();
 }
-
-namespace flashlb {
-
-void launch_episode_stats(void* stream, void* steps, void* episodes, void* mean, void* var,
-                          const EpisodeTiling& t, int64_t tile) {
-  flashlb_episode_stats_f32<<<static_cast<uint32_t>(t.cores), nullptr, stream>>>(
-      (GM_ADDR)steps, (GM_ADDR)episodes, (GM_ADDR)mean, (GM_ADDR)var, t.steps, t.columns,
-      t.episode_len, t.episodes, t.first_len, t.per_core, tile);
-}
-
-}  // namespace flashlb

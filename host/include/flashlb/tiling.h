@@ -2,6 +2,10 @@
 // compiled and unit-tested on the CPU through torch.ops.flashlb.hotness_tiling.
 //
 // Plain C++ with no dependency: the AI Core compiler and the host compiler both include it.
+//
+// Overflow: every size is a non-negative int64. ceil_div never forms a + b - 1, so it holds
+// for any a up to INT64_MAX; products are of a count by a block size (<= 32) or of values
+// already bounded by a tensor's element count, which torch keeps below 2^63 / 8.
 #pragma once
 
 #include <cstdint>
@@ -11,8 +15,14 @@ namespace flashlb {
 // Unified-buffer copies move whole 32-byte blocks.
 constexpr int64_t kBlockBytes = 32;
 
-constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// a, b >= 0, b > 0; exact for every a (no a + b - 1 that could pass INT64_MAX).
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
 constexpr int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Unified buffer of one AI Core vector core (Atlas A2 / A3: 192 KiB), less a margin for what
+// the Ascend C runtime keeps there; the launchers and the CPU twin both budget with it.
+constexpr int64_t kUbCapacity = 192 * 1024;
+constexpr int64_t kUbBudget = 184 * 1024;
 
 // accumulate_hotness: the flat topk_ids [tokens * k] are cut into per-core chunks whose
 // starts are 32-byte aligned; each core counts its chunk into a private histogram in the
@@ -25,7 +35,9 @@ struct HistogramTiling {
   int64_t cores;         // cores used (>= 1; 0 ids -> 1 core with nothing to do)
   int64_t per_core;      // ids per core, a whole number of blocks (last core may get fewer)
   int64_t tile;          // ids per copy into the unified buffer, a whole number of blocks
-  int64_t hist_len;      // histogram entries, N rounded up to whole blocks
+  int64_t oob_bin;       // histogram entry counting ids >= N: N rounded up to whole blocks,
+                         // so that its copy out of the unified buffer starts 32-byte aligned
+  int64_t hist_len;      // histogram entries: oob_bin + one block
   int64_t ub_bytes;      // unified buffer needed: one id tile + the histogram
 };
 
@@ -39,7 +51,8 @@ inline HistogramTiling histogram_tiling(int64_t num_ids, int64_t num_experts, in
   t.id_bytes = id_bytes;
   t.count_bytes = count_bytes;
   const int64_t ids_per_block = kBlockBytes / id_bytes;
-  t.hist_len = round_up(num_experts, kBlockBytes / count_bytes);
+  t.oob_bin = round_up(num_experts, kBlockBytes / count_bytes);
+  t.hist_len = t.oob_bin + kBlockBytes / count_bytes;
   const int64_t blocks = ceil_div(num_ids, ids_per_block);
   const int64_t cores = max_cores < 1 ? 1 : max_cores;
   const int64_t used = blocks < cores ? (blocks < 1 ? 1 : blocks) : cores;
@@ -53,6 +66,11 @@ inline HistogramTiling histogram_tiling(int64_t num_ids, int64_t num_experts, in
   t.tile = round_up(t.tile, ids_per_block);
   t.ub_bytes = hist_bytes + t.tile * id_bytes;
   return t;
+}
+
+// Whether the kernel's buffers fit `ub_capacity` bytes; the launcher takes the ATen path when not.
+inline bool histogram_fits(const HistogramTiling& t, int64_t ub_capacity) {
+  return t.ub_bytes <= ub_capacity;
 }
 
 // Chunk of core c: ids [begin, end).
@@ -89,6 +107,15 @@ inline EpisodeTiling episode_tiling(int64_t steps, int64_t columns, int64_t epis
   t.per_core = ceil_div(blocks, used) * per_block;
   t.cores = columns == 0 ? 1 : ceil_div(columns, t.per_core);
   return t;
+}
+
+// Columns per unified-buffer tile of the episode kernel: three float buffers (row, sum,
+// squares) in whole 32-byte blocks, no more than one core's share.
+inline int64_t episode_tile(const EpisodeTiling& t, int64_t ub_capacity) {
+  const int64_t per_block = kBlockBytes / 4;
+  int64_t tile = (ub_capacity / 3) / kBlockBytes * per_block;
+  if (tile < per_block) tile = per_block;
+  return tile < t.per_core ? tile : t.per_core;
 }
 
 // Steps [begin, end) of episode i.
