@@ -16,7 +16,7 @@ def ids(tokens=64, k=4, n=16, seed=0, pad=True):
 
 @pytest.mark.parametrize("count_dtype", [torch.int32, torch.int64, torch.float32])
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("tokens", [5, 40000])  # one pass, and per-thread histograms
+@pytest.mark.parametrize("tokens", [5, 40000])  # one pass, and the lanes of one chunk
 def test_accumulate_matches_bincount(count_dtype, id_dtype, tokens):
     t = ids(tokens).to(id_dtype)
     h = torch.zeros(3, 16, dtype=count_dtype)
@@ -128,8 +128,8 @@ def test_tiling_arithmetic():
     assert cores <= 20 and cores * per_core >= 8192 * 8 and (cores - 1) * per_core < 8192 * 8
     assert per_core * 8 % 32 == 0 and tile * 8 % 32 == 0 and hist_len * 4 % 32 == 0
     assert ub <= 192 * 1024
-    # N not a whole number of blocks: the histogram is padded
-    assert torch.ops.flashlb.hotness_tiling(10, 30, 4, 4, 4, 1 << 16)[3] == 32
+    # N not a whole number of blocks: the histogram is padded, then one block for the ids >= N
+    assert torch.ops.flashlb.hotness_tiling(10, 30, 4, 4, 4, 1 << 16)[3] == 32 + 8
     # nothing to count still launches one core
     assert torch.ops.flashlb.hotness_tiling(0, 8, 4, 4, 4, 1 << 16)[0] == 1
     # a tiny unified buffer: the tile shrinks to what is left, in whole blocks
@@ -210,3 +210,127 @@ def test_recorder_feeds_the_planner():
         rec.next_step()
     p = flashlb.plan(rec.episodes(2), 16, 4)
     p.validate()
+
+
+# ----------------------------------------------------------------------------- hostile sizes
+def test_episode_stats_with_an_episode_longer_than_int64_can_count_is_one_episode():
+    # ceil_div(S, 2**63 - 1) overflowed and crashed the process: run it in a child.
+    import subprocess
+    import sys
+
+    code = ("import torch, flashlb; from flashlb import ops\n"
+            "s = torch.arange(12.).reshape(3, 2, 2)\n"
+            "for f in (torch.ops.flashlb.episode_stats, ops._episode_stats_torch):\n"
+            "    e, m, v = f(s, 2**63 - 1)\n"
+            "    assert e.shape == (1, 2, 2) and torch.equal(e[0], s.sum(0)), e\n"
+            "print(torch.ops.flashlb.episode_tiling(5, 8, 2**63 - 1, 4))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0].startswith("[1, 5,")
+
+
+@pytest.mark.parametrize("args", [(2**63 - 1, 8, 4, 4, 4, 1 << 16), (10, 2**63 - 1, 4, 4, 4, 1 << 16),
+                                  (10, 8, 3, 4, 4, 1 << 16), (10, 8, 4, 4, 0, 1 << 16), (-1, 8, 4, 4, 4, 1 << 16)])
+def test_tiling_refuses_sizes_its_arithmetic_cannot_hold(args):
+    with pytest.raises(ValueError, match="hotness_tiling"):
+        torch.ops.flashlb.hotness_tiling(*args)
+
+
+def test_tiling_over_the_unified_buffer_says_so():
+    # 60,000 experts need more than a vector core's unified buffer: the launcher must see it.
+    ub = torch.ops.flashlb.hotness_tiling(4096, 60000, 4, 4, 40, 188416)[4]
+    assert ub > 188416
+
+
+# ----------------------------------------------------------------------------- saturation, ids >= N
+@pytest.mark.parametrize("path", ["cpu", "torch"])
+def test_int32_counts_saturate_instead_of_wrapping(path):
+    top = 2**31 - 1
+    h = torch.zeros(1, 4, dtype=torch.int32)
+    h[0, 1] = top - 2
+    h[0, 2] = top
+    t = torch.tensor([[1, 1, 1, 1, 1, 2, 3]])
+    if path == "cpu":
+        ops.accumulate_hotness(h, t, 0)
+    else:
+        ops._accumulate_torch(h, t, 0)
+    assert h[0].tolist() == [0, top, top, 1]
+
+
+def test_plain_torch_path_drops_ids_past_n_without_checks_and_refuses_them_with():
+    h = torch.zeros(1, 4, dtype=torch.int32)
+    ops._accumulate_torch(h, torch.tensor([[0, 4, 9, -1, 3]]), 0, False)
+    assert h[0].tolist() == [1, 0, 0, 1]
+    with pytest.raises(ValueError, match="not below the number of experts"):
+        ops._accumulate_torch(h, torch.tensor([[0, 4]]), 0, True)
+    assert h[0].tolist() == [1, 0, 0, 1]
+
+
+def test_set_debug_checks_reaches_the_operator():
+    seen = []
+
+    class Args(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name == "flashlb::accumulate_hotness":
+                seen.append(args[3] if len(args) > 3 else (kwargs or {}).get("check_ids", False))
+            return func(*args, **(kwargs or {}))
+
+    h = torch.zeros(1, 4, dtype=torch.int32)
+    try:
+        for flag in (True, False):
+            ops.set_debug_checks(flag)
+            with Args():
+                ops.accumulate_hotness(h, torch.tensor([[1]]), 0)
+    finally:
+        ops.set_debug_checks(False)
+    assert seen == [True, False]
+
+
+def test_per_thread_histograms_count_the_second_chunk():
+    # count_ids splits n ids into min(threads, 8, n >> 18) chunks: 2**19 + ids and two threads
+    # give two chunks; a bad id at the very end lies in the second one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        t = ids(140000, 4, 16, seed=3)
+        assert t.numel() >> 18 >= 2
+        h = torch.zeros(1, 16, dtype=torch.int32)
+        ops.accumulate_hotness(h, t, 0)
+        v = t.reshape(-1)
+        assert h[0].tolist() == torch.bincount(v[v >= 0], minlength=16).tolist()
+        bad = t.clone()
+        bad[-1, -1] = 16
+        with pytest.raises(ValueError, match="holds id 16"):
+            ops.accumulate_hotness(h, bad, 0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- NPU build script
+def _build_npu(env_extra, tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("SOC_VERSION", "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME")}
+    env.update(ASCEND_HOME_PATH=str(tmp_path), FLASHLB_NPU_DRY_RUN="1", **env_extra)
+    return subprocess.run(["bash", str(root / "kernels" / "build_npu.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("soc", ["Ascend310P3", "Ascend910A", "Ascend910ProB"])
+def test_build_npu_refuses_socs_without_datacopypad(soc, tmp_path):
+    out = _build_npu({"SOC_VERSION": soc}, tmp_path)
+    assert out.returncode == 1 and "DataCopyPad" in out.stderr
+
+
+def test_build_npu_names_an_a3_board(tmp_path):
+    import os
+
+    smi = tmp_path / "bin" / "npu-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\n[ \"$2\" = -t ] && printf '  Chip Name : Ascend910\\n  NPU Name : 9392\\n'\n")
+    smi.chmod(0o755)
+    out = _build_npu({"PATH": f"{smi.parent}:{os.environ['PATH']}"}, tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "Ascend910_9392", out

@@ -11,8 +11,12 @@ below for every other device (CUDA, or an NPU without the built kernels). Fake i
 let ``torch.compile`` trace the ops.
 
 Checks: shapes, dtypes, devices and ``layer`` are checked everywhere, on the host, for free.
-Ids >= N are checked on the CPU always (before any write); on accelerators that check needs a
-host synchronisation, so it runs only when ``set_debug_checks(True)`` (or FLASHLB_DEBUG_CHECKS=1).
+Ids >= N are refused on the CPU always (``ValueError``, before any write). On accelerators
+that check needs a host synchronisation, so it runs only with ``set_debug_checks(True)`` (or
+FLASHLB_DEBUG_CHECKS=1), whose setting ``accumulate_hotness`` passes to the operator as
+``check_ids``; without it every accelerator path (NPU kernel, plain torch) drops such ids like
+padding. Integer counts saturate at their dtype's largest value instead of wrapping (int32
+hotness at 2**31 - 1), on every path.
 """
 
 from __future__ import annotations
@@ -29,17 +33,27 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
         "`pip install --no-build-isolation -e .` in the flashlb checkout"
     ) from exc
 
+NPU_LIBRARY = "libflashlb_npu.so"  # built by kernels/build_npu.sh into the package folder
+
+
 def _load_npu_kernels() -> bool:
-    """Register the Ascend C kernels (PrivateUse1) when they were built and torch_npu imports."""
+    """Register the Ascend C kernels (PrivateUse1) when they were built and torch_npu imports.
+
+    The library lives in the package folder (``flashlb/``), installed with the package.
+    """
+    import importlib.util
+    import warnings
     from pathlib import Path
 
-    lib = Path(__file__).resolve().parent.parent / "libflashlb_npu.so"
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    lib = Path(__file__).resolve().parent.parent / NPU_LIBRARY
     if not lib.is_file():
+        warnings.warn(f"torch_npu is installed but {lib} is not: flashlb's hotness operators use plain "
+                      "torch on the NPU (build the Ascend C kernels with kernels/build_npu.sh)", stacklevel=2)
         return False
-    try:
-        import torch_npu  # noqa: F401  (the "npu" device must exist before the kernels load)
-    except ImportError:
-        return False
+    import torch_npu  # noqa: F401  (the "npu" device must exist before the kernels load)
+
     torch.ops.load_library(str(lib))
     return True
 
@@ -80,14 +94,25 @@ def _check_accumulate(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int)
         raise IndexError(f"accumulate_hotness: layer {layer} is outside [0, {hotness.shape[0]})")
 
 
-def _accumulate_torch(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int) -> None:
+def _accumulate_torch(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int, check_ids: bool = False) -> None:
     _check_accumulate(hotness, topk_ids, layer)
+    N = hotness.shape[1]
     ids = topk_ids.reshape(-1).to(torch.int64)
-    if _debug and ids.numel() and int(ids.max()) >= hotness.shape[1]:
+    if check_ids and ids.numel() and int(ids.max()) >= N:  # a host synchronisation
         raise ValueError(f"accumulate_hotness: topk_ids holds id {int(ids.max())}, not below the "
-                         f"number of experts {hotness.shape[1]}")
-    # Padding (negative ids) adds zero at column 0: no mask, no dynamic shape, no sync.
-    hotness[layer].scatter_add_(0, ids.clamp_min(0), (ids >= 0).to(hotness.dtype))
+                         f"number of experts {N}")
+    # Padding and ids >= N add zero at column 0: no mask, no dynamic shape, no sync.
+    valid = (ids >= 0) & (ids < N)
+    index = torch.where(valid, ids, 0)
+    row = hotness[layer]
+    if hotness.dtype.is_floating_point:
+        row.scatter_add_(0, index, valid.to(hotness.dtype))
+        return
+    # Integer counts saturate at the dtype's largest value (as the C++ kernels do).
+    top = torch.iinfo(hotness.dtype).max
+    add = torch.zeros(N, dtype=torch.int64, device=hotness.device).scatter_add_(0, index, valid.to(torch.int64))
+    wide = row.to(torch.int64)
+    row.copy_(wide + torch.minimum(add, top - wide))
 
 
 def _episode_dtypes(steps: torch.Tensor, episode_len: int):
@@ -111,9 +136,11 @@ def _episode_stats_torch(steps: torch.Tensor, episode_len: int):
     T, sums, stat = _episode_dtypes(steps, episode_len)
     first = S - (T - 1) * episode_len
     acc = steps.to(sums)
-    # The oldest episode takes the leftover steps: pad it in front with zeros.
-    pad = acc.new_zeros(T * episode_len - S, L, N)
-    episodes = torch.cat([pad, acc]).view(T, episode_len, L, N).sum(1)
+    if T == 1:  # also when episode_len > S: no padding of episode_len - S rows
+        episodes = acc.sum(0, keepdim=True)
+    else:  # the oldest episode takes the leftover steps: pad it in front with zeros
+        pad = acc.new_zeros(T * episode_len - S, L, N)
+        episodes = torch.cat([pad, acc]).view(T, episode_len, L, N).sum(1)
     scale = torch.ones(T, 1, 1, dtype=torch.float64, device=steps.device)
     scale[0] = episode_len / first
     full = episodes.to(torch.float64) * scale
@@ -130,7 +157,7 @@ def _register() -> None:
     torch.library.impl("flashlb::episode_stats", "CompositeExplicitAutograd", lib=lib)(_episode_stats_torch)
 
     @torch.library.register_fake("flashlb::accumulate_hotness", lib=lib)
-    def _(hotness, topk_ids, layer):
+    def _(hotness, topk_ids, layer, check_ids=False):
         _check_accumulate(hotness, topk_ids, layer)
         return None
 
@@ -165,12 +192,15 @@ def _register() -> None:
 _register()
 
 
-def accumulate_hotness(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int) -> None:
+def accumulate_hotness(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int, *,
+                       check_ids: bool | None = None) -> None:
     """Add one to ``hotness[layer, id]`` for every id of ``topk_ids [tokens, k]`` (in place).
 
     hotness: [L, N] int32/int64/float32, contiguous; topk_ids: int32/int64, negative = padding.
+    Integer counts saturate at their dtype's largest value. ``check_ids`` (default: the
+    ``set_debug_checks`` setting) refuses ids >= N on accelerators too; the CPU always does.
     """
-    torch.ops.flashlb.accumulate_hotness(hotness, topk_ids, layer)
+    torch.ops.flashlb.accumulate_hotness(hotness, topk_ids, layer, _debug if check_ids is None else bool(check_ids))
 
 
 def episode_stats(steps: torch.Tensor, episode_len: int):

@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -43,6 +45,19 @@ int64_t count_range(const id_t* ids, int64_t b, int64_t e, uint32_t* h, int64_t 
   return worst;
 }
 
+// row + total, saturating at the largest value of an integer count type (int32 hotness would
+// otherwise wrap at 2^31 and read as negative load); float counts just add.
+template <typename count_t>
+count_t saturating_add(count_t row, int64_t total) {
+  if constexpr (std::is_integral_v<count_t>) {
+    constexpr int64_t top = static_cast<int64_t>(std::numeric_limits<count_t>::max());
+    const int64_t have = static_cast<int64_t>(row);
+    return static_cast<count_t>(have > top - total ? top : have + total);
+  } else {
+    return row + static_cast<count_t>(total);
+  }
+}
+
 // Histogram of ids into a private buffer first (one pass; split over threads for large
 // batches), then, only if every id is below N, added to the row: a bad batch writes nothing.
 template <typename id_t, typename count_t>
@@ -63,11 +78,12 @@ void count_ids(const id_t* ids, int64_t n, count_t* row, int64_t N) {
   for (int64_t e = 0; e < N; ++e) {
     int64_t total = 0;
     for (int64_t k = 0; k < chunks * lanes; ++k) total += static_cast<int64_t>(part[k * width + e]);
-    row[e] += static_cast<count_t>(total);
+    row[e] = saturating_add(row[e], total);
   }
 }
 
-void accumulate_hotness_cpu(Tensor hotness, const Tensor& topk_ids, int64_t layer) {
+// check_ids: ids >= N are always refused on the CPU (the check is free here).
+void accumulate_hotness_cpu(Tensor hotness, const Tensor& topk_ids, int64_t layer, bool /*check_ids*/) {
   check_accumulate_args(hotness, topk_ids, layer);
   const auto dt = hotness.scalar_type(), it = topk_ids.scalar_type();
   const int64_t N = hotness.size(1);
@@ -142,13 +158,31 @@ std::tuple<Tensor, Tensor, Tensor> episode_stats_cpu(const Tensor& steps, int64_
   return {episodes, mean, var};
 }
 
+// Sizes past what any tensor can hold are refused before the tiling arithmetic sees them.
+constexpr int64_t kMaxSize = int64_t{1} << 48;
+
+void check_size(const char* op, const char* name, int64_t v, int64_t lo) {
+  TORCH_CHECK_VALUE(v >= lo && v <= kMaxSize, op, ": ", name, " must be in [", lo, ", 2^48], got ", v);
+}
+
 std::vector<int64_t> hotness_tiling_op(int64_t num_ids, int64_t num_experts, int64_t id_bytes,
                                        int64_t count_bytes, int64_t max_cores, int64_t ub_capacity) {
+  check_size("hotness_tiling", "num_ids", num_ids, 0);
+  check_size("hotness_tiling", "num_experts", num_experts, 1);
+  check_size("hotness_tiling", "max_cores", max_cores, 1);
+  check_size("hotness_tiling", "ub_capacity", ub_capacity, kBlockBytes);
+  TORCH_CHECK_VALUE(id_bytes == 4 || id_bytes == 8, "hotness_tiling: id_bytes must be 4 or 8, got ", id_bytes);
+  TORCH_CHECK_VALUE(count_bytes == 4 || count_bytes == 8, "hotness_tiling: count_bytes must be 4 or 8, got ",
+                    count_bytes);
   HistogramTiling t = histogram_tiling(num_ids, num_experts, id_bytes, count_bytes, max_cores, ub_capacity);
   return {t.cores, t.per_core, t.tile, t.hist_len, t.ub_bytes};
 }
 
 std::vector<int64_t> episode_tiling_op(int64_t steps, int64_t columns, int64_t episode_len, int64_t max_cores) {
+  check_size("episode_tiling", "steps", steps, 1);
+  check_size("episode_tiling", "columns", columns, 0);
+  TORCH_CHECK_VALUE(episode_len >= 1, "episode_tiling: episode_len must be >= 1, got ", episode_len);
+  check_size("episode_tiling", "max_cores", max_cores, 1);
   EpisodeTiling t = episode_tiling(steps, columns, episode_len, max_cores);
   return {t.episodes, t.first_len, t.cores, t.per_core};
 }
@@ -156,7 +190,9 @@ std::vector<int64_t> episode_tiling_op(int64_t steps, int64_t columns, int64_t e
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(flashlb, m) {
-  m.def("accumulate_hotness(Tensor(a!) hotness, Tensor topk_ids, int layer) -> ()");
+  // check_ids: refuse ids >= N on accelerators too (a host synchronisation there); the CPU
+  // always refuses them. flashlb.ops passes its set_debug_checks setting here.
+  m.def("accumulate_hotness(Tensor(a!) hotness, Tensor topk_ids, int layer, bool check_ids=False) -> ()");
   m.def("episode_stats(Tensor steps, int episode_len) -> (Tensor episodes, Tensor mean, Tensor var)");
   // The NPU kernels' work split, exposed so that the CPU tests can check its arithmetic.
   m.def("hotness_tiling(int num_ids, int num_experts, int id_bytes, int count_bytes, int max_cores, "
