@@ -334,3 +334,40 @@ def test_build_npu_names_an_a3_board(tmp_path):
     smi.chmod(0o755)
     out = _build_npu({"PATH": f"{smi.parent}:{os.environ['PATH']}"}, tmp_path)
     assert out.returncode == 0 and out.stdout.strip() == "Ascend910_9392", out
+
+
+def test_cmake_configures_against_cann_rules_that_need_the_package_path(tmp_path):
+    # A stand-in for CANN's ascendc.cmake that, like the real one, stops without
+    # ASCEND_CANN_PACKAGE_PATH; the library goes into the package folder.
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not found")
+    root = Path(__file__).resolve().parent.parent
+    rules = tmp_path / "cann" / "tools" / "tikcpp" / "ascendc_kernel_cmake" / "ascendc.cmake"
+    rules.parent.mkdir(parents=True)
+    rules.write_text('if(NOT DEFINED ASCEND_CANN_PACKAGE_PATH)\n  message(FATAL_ERROR "no ASCEND_CANN_PACKAGE_PATH")\n'
+                     "endif()\nfunction(ascendc_library name kind)\n  add_library(${name} INTERFACE)\nendfunction()\n"
+                     "function(ascendc_include_directories)\nendfunction()\n")
+    out = subprocess.run(["cmake", "-S", str(root), "-B", str(tmp_path / "build"), f"-DASCEND_HOME_PATH={rules.parents[3]}",
+                          f"-DPython3_EXECUTABLE={sys.executable}"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
+    assert f"FLASHLB_NPU_INSTALL_DIR:PATH={root / 'flashlb'}" in cache
+
+
+def test_npu_library_is_looked_for_in_the_package_folder(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "torch_npu" else real(name, *a))
+    lib = Path(ops.__file__).resolve().parent.parent / ops.NPU_LIBRARY
+    if lib.exists():
+        pytest.skip("the NPU library is built here")
+    with pytest.warns(UserWarning, match=str(lib)):
+        assert ops._load_npu_kernels() is False
+    assert lib.parent.name == "flashlb"
