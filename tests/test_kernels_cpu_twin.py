@@ -223,3 +223,87 @@ def test_removing_any_sync_makes_the_twin_report_a_hazard(twin, kernel, tmp_path
         lib = _link([o if name != kernel else obj for name, o in objs.items()], tmp_path / f"lib{k}.so")
         with pytest.raises(TwinFault, match="unsynchronised|WaitFlag|SetFlag"):
             _mutant_runs(kernel, lib)
+
+
+# ------------------------------------------------------------------ the twin's own checks
+PROBES = r"""
+#include <cstdio>
+#include "kernel_operator.h"
+using namespace AscendC;
+
+static float gm[64];
+
+static void probe(int which) {
+  TPipe pipe;
+  TBuf<TPosition::VECCALC> a, b;
+  pipe.InitBuffer(a, 256);
+  pipe.InitBuffer(b, 256);
+  LocalTensor<float> x = a.Get<float>(), y = b.Get<float>();
+  GlobalTensor<float> g;
+  g.SetGlobalBuffer(gm, 64);
+  DataCopyExtParams p{1, 8 * sizeof(float), 0, 0, 0};
+  DataCopyPadExtParams<float> pad{false, 0, 0, 0.0f};
+  switch (which) {
+    case 0:  // a correct hand-over: load, flag, add, flag, store
+      DataCopyPad(x, g, p, pad);
+      SetFlag<HardEvent::MTE2_V>(0); WaitFlag<HardEvent::MTE2_V>(0);
+      Add(y, x, x, 8);
+      SetFlag<HardEvent::V_MTE3>(0); WaitFlag<HardEvent::V_MTE3>(0);
+      DataCopyPad(g[8], y, p);
+      return;
+    case 1: DataCopyPad(x[4], g, p, pad); return;              // UB address off a 32-byte block
+    case 2: DataCopyPad(x, g[60], p, pad); return;             // past SetGlobalBuffer's 64 floats
+    case 3: { TBuf<TPosition::VECCALC> c; pipe.InitBuffer(c, 192 * 1024); return; }  // over the UB
+    case 4:  // MTE3 still reads y when V overwrites it
+      Duplicate(y, 1.0f, 8);
+      SetFlag<HardEvent::V_MTE3>(0); WaitFlag<HardEvent::V_MTE3>(0);
+      DataCopyPad(g, y, p);
+      Duplicate(y, 2.0f, 8);
+      return;
+    case 5:  // V still reads x when MTE2 overwrites it
+      Duplicate(x, 1.0f, 8);
+      Add(y, x, x, 8);
+      DataCopyPad(x, g, p, pad);
+      return;
+    case 6: {  // 3 floats copied in: the other 5 of the block are poisoned, not zero
+      DataCopyExtParams three{1, 3 * sizeof(float), 0, 0, 0};
+      DataCopyPad(x, g, three, pad);
+      PipeBarrier<PIPE_ALL>();
+      if (x.GetValue(3) == 0.0f) throw flashlb::twin::Fault("pad bytes read as zero");
+      return;
+    }
+  }
+}
+
+extern "C" int run_probe(int which, char* err, int n) {
+  std::string f = flashlb::twin::launch(1, [&] { probe(which); });
+  std::snprintf(err, n, "%s", f.c_str());
+  return f.empty() ? 0 : 1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("probes")
+    (d / "probes.cpp").write_text(PROBES)
+    subprocess.run([CXX, *FLAGS, "-O0", "-shared", str(d / "probes.cpp"), "-o", str(d / "probes.so")], check=True)
+    return ctypes.CDLL(str(d / "probes.so"))
+
+
+@pytest.mark.parametrize("which, fault", [
+    (0, None),
+    (1, "not 32-byte aligned"),
+    (2, "outside SetGlobalBuffer"),
+    (3, "InitBuffer"),
+    (4, "unsynchronised MTE3 -> V"),
+    (5, "unsynchronised V -> MTE2"),
+    (6, None),
+])
+def test_the_twin_refuses_what_an_ai_core_gets_wrong(probes, which, fault):
+    err = ctypes.create_string_buffer(512)
+    rc = probes.run_probe(which, err, len(err))
+    if fault is None:
+        assert rc == 0, err.value.decode()
+    else:
+        assert rc == 1 and fault in err.value.decode(), err.value.decode()
