@@ -38,7 +38,12 @@ class HotnessRecorder:
         return self.buffer.shape[0]
 
     def record(self, layer: int, topk_ids: torch.Tensor) -> None:
-        """Count ``topk_ids [tokens, k]`` (negative = padding) for ``layer`` in this step."""
+        """Count ``topk_ids [tokens, k]`` (negative = padding) for ``layer`` in this step.
+
+        Integer counts saturate at their dtype's largest value; ids >= N raise on the CPU
+        and, under ``flashlb.ops.set_debug_checks(True)``, on accelerators too (else they are
+        dropped there, see ``flashlb.ops``).
+        """
         accumulate_hotness(self.current, topk_ids, layer)
 
     def next_step(self) -> None:
