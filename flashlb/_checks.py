@@ -7,21 +7,33 @@ argument and the rule it broke, before anything is computed or written.
 from __future__ import annotations
 
 import numbers
+import os
 
 import torch
 
 __all__ = [
     "as_hotness",
     "check_int",
+    "check_number",
+    "check_seed",
     "check_sizes",
     "check_groups",
+    "check_memory",
+    "check_tensor",
+    "scaled_to_max",
+    "MAX_SECONDS",
 ]
+
+# The longest time budget accepted: a day. Beyond that a deadline is a typo (or inf), and
+# waiting for it would freeze the caller.
+MAX_SECONDS = 86400.0
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:
     """``value`` as a Python int >= ``minimum``; bools and floats are refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        if (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point()
+                and not value.is_meta and value.layout == torch.strided and value.dtype != torch.bool and not value.is_complex()):
             value = int(value.item())
         else:
             raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -29,6 +41,70 @@ def check_int(value, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_number(value, name: str, *, minimum: float = 0.0, maximum: float = float("inf"),
+                 positive: bool = False) -> float:
+    """``value`` as a finite float in [minimum, maximum] (> minimum when ``positive``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if v < minimum or (positive and v <= minimum) or v > maximum:
+        lo = f"> {minimum:g}" if positive else f">= {minimum:g}"
+        hi = f" and <= {maximum:g}" if maximum != float("inf") else ""
+        raise ValueError(f"{name} must be {lo}{hi}, got {value!r}")
+    return v
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """An int in [0, 2**63): the C++ search takes a signed 64-bit seed."""
+    s = check_int(seed, name, 0)
+    if s >= 2**63:
+        raise ValueError(f"{name} must be < 2**63, got {s}")
+    return s
+
+
+def check_tensor(t, name: str) -> torch.Tensor:
+    """A dense tensor with data: sparse, quantized or meta tensors are refused."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.is_meta:
+        raise ValueError(f"{name} is a meta tensor: it has a shape but no data")
+    if t.is_quantized:
+        raise ValueError(f"{name} must not be quantized")
+    return t
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not a POSIX system
+        return 16 << 30
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """Refuse work whose arrays would not fit in this machine's memory (before allocating
+    them, so absurd sizes fail at once instead of swapping or looping for hours)."""
+    total = _physical_memory()
+    if nbytes > total // 2:
+        raise ValueError(
+            f"{what} needs about {nbytes / 2**30:.3g} GiB, more than this machine can hold "
+            f"({total / 2**30:.3g} GiB of memory)")
+
+
+def scaled_to_max(h: torch.Tensor) -> torch.Tensor:
+    """h: [T, L, N] float64 >= 0 divided by each layer's largest entry (layers without load
+    stay 0). Plans and ratios do not change with a layer's scale, and sums of entries <= 1
+    neither overflow (loads near 1e308) nor underflow to zero (subnormal loads)."""
+    m = h.amax(dim=(0, 2), keepdim=True)
+    return h / torch.where(m > 0, m, torch.ones_like(m))
 
 
 def as_hotness(hotness, name: str = "hotness") -> torch.Tensor:
@@ -44,7 +120,11 @@ def as_hotness(hotness, name: str = "hotness") -> torch.Tensor:
             raise TypeError(
                 f"{name} must be a torch.Tensor of shape [L, N] or [T, L, N], "
                 f"got {type(hotness).__name__}")
-        hotness = torch.from_numpy(hotness)
+        try:
+            hotness = torch.from_numpy(hotness)
+        except TypeError as exc:
+            raise ValueError(f"{name} must hold real or integer loads ({exc})") from None
+    check_tensor(hotness, name)
     if hotness.dtype == torch.bool or hotness.is_complex():
         raise ValueError(f"{name} must hold real or integer loads, got dtype {hotness.dtype}")
     if hotness.dim() not in (2, 3):
@@ -84,6 +164,8 @@ def check_sizes(num_experts: int, num_physical, num_devices, *, physical_name="n
             f"{physical_name}={P} needs more than {D} replicas of some expert, so one device "
             f"would hold an expert twice: at most N * {devices_name} = {num_experts * D} slots"
         )
+    # Every plan holds [P] slot ids and, per device, a flag per expert: bound both by memory.
+    check_memory(8 * P + D * num_experts, f"{physical_name}={P} on {devices_name}={D}")
     return P, D
 
 

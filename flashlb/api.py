@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_hotness, check_groups, check_int, check_sizes
+from ._checks import (MAX_SECONDS, as_hotness, check_groups, check_int, check_memory, check_number,
+                      check_seed, check_sizes, scaled_to_max)
 from .placement import Placement
 from .solvers.greedy import greedy_global, greedy_hierarchical
 
@@ -28,6 +29,36 @@ def _use_hierarchy(hierarchical, num_groups, num_nodes, algorithm) -> bool:
     return algorithm == "default" or num_nodes > 1
 
 
+def _plan_bytes(T: int, L: int, N: int, P: int, D: int, with_previous: bool) -> int:
+    """About the most memory a plan holds at once: normalised loads and per-slot loads of each
+    episode, log2phy, the search's per-device expert flags (per thread), and, to align with a
+    previous placement, per-device expert counts."""
+    import os
+
+    S = P // D
+    nbytes = 8 * L * T * (3 * N + 4 * P) + 8 * L * N * min(D, P - N + 1)
+    nbytes += (os.cpu_count() or 1) * (2 * D * N + 8 * P * T)
+    if with_previous:
+        nbytes += 16 * L * D * N + L * D * S * S
+    return nbytes
+
+
+def check_previous(previous, L: int, N: int, P: int, D: int, name: str = "previous") -> Placement:
+    """The placement in service: every invariant but duplicate-freedom (the default greedy may
+    put two replicas of an expert on one device), and the sizes of the plan."""
+    if not isinstance(previous, Placement):
+        raise TypeError(f"{name} must be a flashlb.Placement, got {type(previous).__name__}")
+    try:
+        previous.validate(allow_duplicates=True)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not a valid placement: {exc}") from None
+    if previous.phy2log.shape != (L, P) or previous.num_experts != N or previous.num_devices != D:
+        raise ValueError(
+            f"{name} must place {L} layers x {N} experts on {P} slots / {D} devices, got "
+            f"{tuple(previous.phy2log.shape)} with N={previous.num_experts}, D={previous.num_devices}")
+    return previous
+
+
 def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
          algorithm: str = "flashlb", num_groups: int | None = None, num_nodes: int = 1,
          hierarchical: bool | None = None, time_budget: float | None = None, seed: int = 0,
@@ -44,28 +75,35 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     the placement in service and the cost of one moved slot, in units of peak/avg (FlashLB only).
     Returns a :class:`Placement` on the device of ``hotness``.
     """
-    if algorithm not in ALGORITHMS:
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     h = as_hotness(hotness)
     device = h.device
-    h = h.cpu()
     T, L, N = h.shape
     P, D = check_sizes(N, num_physical, num_devices)
+    check_memory(_plan_bytes(T, L, N, P, D, previous is not None), f"planning {L} layers x {N} "
+                 f"experts x {T} episodes on {P} slots / {D} devices")
+    # Plans do not depend on a layer's scale; at scale 1 sums neither overflow nor underflow.
+    h = scaled_to_max(h.cpu())
     M = check_int(num_nodes, "num_nodes")
     if num_groups is not None:
-        check_groups(N, D, num_groups, M)
+        num_groups, _ = check_groups(N, D, num_groups, M)
     elif D % M != 0:
         raise ValueError(f"num_nodes={M} must divide num_devices={D}")
     hier = _use_hierarchy(hierarchical, num_groups, M, algorithm)
-    if time_budget is not None and not (isinstance(time_budget, (int, float)) and time_budget > 0):
-        raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    if time_budget is not None:
+        time_budget = check_number(time_budget, "time_budget", maximum=MAX_SECONDS, positive=True)
+    seed = check_seed(seed)
+    move_penalty = check_number(move_penalty, "move_penalty", maximum=1e6)
+    if "smoothing" in options:
+        options["smoothing"] = check_number(options["smoothing"], "smoothing", maximum=1e6)
+    if options.get("perturb_rounds") is not None:
+        options["perturb_rounds"] = check_int(options["perturb_rounds"], "perturb_rounds", 0)
+        if options["perturb_rounds"] > 10**6:
+            raise ValueError(f"perturb_rounds must be <= 10**6 (use time_budget for longer searches), "
+                             f"got {options['perturb_rounds']}")
     if previous is not None:
-        if not isinstance(previous, Placement):
-            raise TypeError("previous must be a flashlb.Placement")
-        if previous.phy2log.shape != (L, P) or previous.num_experts != N or previous.num_devices != D:
-            raise ValueError(
-                f"previous must place {L} layers x {N} experts on {P} slots / {D} devices, got "
-                f"{tuple(previous.phy2log.shape)} with N={previous.num_experts}, D={previous.num_devices}")
+        previous = check_previous(previous, L, N, P, D)
     if algorithm == "default":
         if options or previous is not None:
             unknown = sorted(options) + (["previous"] if previous is not None else [])

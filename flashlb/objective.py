@@ -40,6 +40,8 @@ def normalise_episodes(hotness: torch.Tensor, num_devices: int,
     A layer's weights are ``weights`` restricted to its episodes with load, renormalised to
     sum 1; a layer without any load gets all-zero weights (and all-zero loads).
     """
+    m = hotness.amax(dim=(0, 2), keepdim=True)  # each layer at scale 1 before summing:
+    hotness = hotness / torch.where(m > 0, m, torch.ones_like(m))  # no overflow, no subnormal sums
     total = hotness.sum(-1)  # [T, L]
     live = total > 0
     ew = weights.to(hotness).unsqueeze(1) * live

@@ -9,15 +9,13 @@
 from __future__ import annotations
 
 import json
-import os
-import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_int, check_memory, check_tensor
+from ._files import atomic_write, read_data
 
 __all__ = ["Placement", "log2phy_from_phy2log", "atomic_write"]
 
@@ -47,19 +45,6 @@ def log2phy_from_phy2log(phy2log: torch.Tensor, num_experts: int) -> tuple[torch
     return log2phy, logcnt
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class Placement:
     """Where every replica of every expert sits, for L layers.
@@ -78,8 +63,7 @@ class Placement:
     @classmethod
     def from_phy2log(cls, phy2log: torch.Tensor, num_experts: int, num_devices: int) -> "Placement":
         """phy2log: [L, P] or [P] integer ids in [0, N)."""
-        if not isinstance(phy2log, torch.Tensor):
-            raise TypeError(f"phy2log must be a torch.Tensor, got {type(phy2log).__name__}")
+        check_tensor(phy2log, "phy2log")
         if phy2log.dim() == 1:
             phy2log = phy2log.unsqueeze(0)
         if phy2log.dim() != 2:
@@ -88,6 +72,9 @@ class Placement:
             raise ValueError(f"phy2log must hold integer expert ids, got dtype {phy2log.dtype}")
         N = check_int(num_experts, "num_experts")
         D = check_int(num_devices, "num_devices")
+        # log2phy is [L, N, R] with R <= P: bound it before building it.
+        check_memory(8 * phy2log.shape[0] * (phy2log.shape[1] + N * min(D, phy2log.shape[1])),
+                     f"a placement of {tuple(phy2log.shape)} slots for {N} experts")
         phy2log = phy2log.to(torch.int64)
         if phy2log.numel() and (int(phy2log.min()) < 0 or int(phy2log.max()) >= N):
             raise ValueError(f"phy2log holds an id outside [0, {N}) (an empty or unknown slot)")
@@ -163,11 +150,12 @@ class Placement:
         for name, t, rank in (("phy2log", phy, 2), ("log2phy", l2p, 3), ("logcnt", cnt, 2)):
             if not isinstance(t, torch.Tensor) or t.dim() != rank:
                 raise ValueError(f"{name} must be a rank-{rank} tensor")
+            check_tensor(t, name)
             if t.dtype.is_floating_point or t.dtype == torch.bool:
                 raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
         L, P = phy.shape
         N = cnt.shape[1]
-        if not isinstance(D, int) or D < 1:
+        if not isinstance(D, int) or isinstance(D, bool) or D < 1:
             raise ValueError(f"num_devices must be a positive int, got {D!r}")
         if cnt.shape[0] != L or l2p.shape[0] != L or l2p.shape[1] != N:
             raise ValueError(
@@ -238,37 +226,63 @@ class Placement:
         """Read a placement written by :meth:`save` (or any ``physical_to_logical_map`` file).
 
         ``.pt`` files are read with ``weights_only=True``: no Python object is ever unpickled.
+        Only a regular file of sane size is opened; a missing, special or damaged file, or a
+        placement that breaks an invariant (an expert without a replica, ids that are not
+        integers in [0, N)), is a ``ValueError``. Two replicas of one expert on one device
+        are allowed here (the default greedy places them); :meth:`validate` can refuse them.
         """
         path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix == ".json":
-            data = json.loads(path.read_text())
+        data = read_data(path, (".json", ".pt", ".safetensors"))
+        if path.suffix.lower() == ".json":
             if not isinstance(data, dict) or "physical_to_logical_map" not in data:
                 raise ValueError(f"{path}: no 'physical_to_logical_map' in the JSON object")
-            phy = torch.tensor(data["physical_to_logical_map"], dtype=torch.int64)
-        elif suffix in (".pt", ".safetensors"):
-            if suffix == ".pt":
-                try:
-                    data = torch.load(path, map_location="cpu", weights_only=True)
-                except pickle.UnpicklingError as exc:
-                    raise ValueError(f"{path}: refused, it holds Python objects, not only "
-                                     f"tensors ({str(exc).splitlines()[0]})") from None
-            else:
-                from safetensors.torch import load_file
-
-                data = load_file(str(path))
-            if not isinstance(data, dict) or "physical_to_logical_map" not in data:
-                raise ValueError(f"{path}: no 'physical_to_logical_map' tensor in the file")
-            phy = torch.as_tensor(data["physical_to_logical_map"])
-            if num_devices is None and "num_devices" in data:
-                num_devices = int(data["num_devices"])
-            if num_experts is None and "num_experts" in data:
-                num_experts = int(data["num_experts"])
+            phy = _json_ids(data["physical_to_logical_map"], path)
         else:
-            raise ValueError(f"path must end in .json, .pt or .safetensors, got {path.name!r}")
+            if not isinstance(data, dict) or not isinstance(data.get("physical_to_logical_map"), torch.Tensor):
+                raise ValueError(f"{path}: no 'physical_to_logical_map' tensor in the file")
+            phy = check_tensor(data["physical_to_logical_map"], f"{path}: physical_to_logical_map")
+            for key in ("num_devices", "num_experts"):
+                if key in data and (not isinstance(data[key], torch.Tensor) or data[key].numel() != 1):
+                    raise ValueError(f"{path}: {key} must be a one-element integer tensor")
+            if num_devices is None and "num_devices" in data:
+                num_devices = check_int(data["num_devices"], f"{path}: num_devices")
+            if num_experts is None and "num_experts" in data:
+                num_experts = check_int(data["num_experts"], f"{path}: num_experts")
         if num_devices is None:
             raise ValueError(f"{path}: num_devices is not stored in this file; pass num_devices=")
+        if phy.dtype.is_floating_point or phy.dtype == torch.bool or phy.is_complex():
+            raise ValueError(f"{path}: expert ids must be integers, got dtype {phy.dtype}")
         if num_experts is None:
             # Every expert has a replica in a valid placement, so the largest id tells N.
+            if phy.numel() == 0:
+                raise ValueError(f"{path}: the placement is empty")
             num_experts = int(phy.max()) + 1
-        return cls.from_phy2log(phy, num_experts, num_devices).validate(allow_duplicates=True)
+        try:
+            placement = cls.from_phy2log(phy, num_experts, num_devices)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        try:
+            return placement.validate(allow_duplicates=True)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def _json_ids(rows, path) -> torch.Tensor:
+    """A JSON ``[L][P]`` (or ``[P]``) of integer ids as int64; floats, booleans, strings and
+    ragged or deeper nesting are refused (JSON would let 1.7 or true pass for an id)."""
+    if isinstance(rows, list) and rows and all(isinstance(r, list) for r in rows):
+        flat = [x for r in rows for x in r]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(f"{path}: physical_to_logical_map rows differ in length")
+    elif isinstance(rows, list):
+        flat = rows
+    else:
+        raise ValueError(f"{path}: physical_to_logical_map must be a list of lists of expert ids")
+    if not flat:
+        raise ValueError(f"{path}: physical_to_logical_map is empty")
+    for x in flat:
+        if type(x) is not int:
+            raise ValueError(f"{path}: physical_to_logical_map holds {x!r}, not an integer expert id")
+        if not -1 <= x < 2**62:
+            raise ValueError(f"{path}: physical_to_logical_map holds the id {x}, outside [0, 2**62)")
+    return torch.tensor(rows, dtype=torch.int64)
