@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.flashlb.max_assignment)
+from ._checks import check_int
 from .placement import Placement
 
 __all__ = ["align_to"]
@@ -70,10 +71,14 @@ def align_to(new: Placement, old: Placement, num_nodes: int = 1) -> Placement:
     The device loads of ``new`` are unchanged. With ``num_nodes`` > 1 devices move only as
     whole nodes (matched first) or within a node, so a hierarchical placement stays one.
     """
+    if not isinstance(new, Placement) or not isinstance(old, Placement):
+        raise TypeError("align_to: new and old must be flashlb.Placement objects")
     if new.phy2log.shape != old.phy2log.shape or new.num_devices != old.num_devices:
         raise ValueError("align_to: the placements differ in layers, slots or devices")
+    if new.num_experts != old.num_experts:
+        raise ValueError("align_to: the placements differ in their number of experts")
     N, D, S, L = new.num_experts, new.num_devices, new.slots_per_device, new.num_layers
-    M = num_nodes
+    M = check_int(num_nodes, "num_nodes")
     if D % M != 0:
         raise ValueError(f"num_nodes={M} must divide the number of devices {D}")
     nv = new.device_view().cpu().view(L, M, D // M, S)

@@ -22,6 +22,19 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error form: one line on stderr, exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def _one_line(message) -> str:
+    lines = [x.strip() for x in str(message).splitlines() if x.strip()]
+    return lines[0] if lines else type(message).__name__
+
+
 class _Progress:
     """A progress line on stderr for work that takes more than a second.
 
@@ -125,7 +138,8 @@ def _read_loads(path: str, episode_len: int | None = None) -> tuple[torch.Tensor
             raise CliError(f"--episode-len must be >= 1, got {episode_len}")
         from .ops import episode_stats
 
-        h = episode_stats(h, episode_len)[0].to(torch.float64)
+        # Longer than the file: one episode of every step (the same cut, in int64 range).
+        h = episode_stats(h, min(episode_len, h.shape[0]))[0].to(torch.float64)
     live = (h.sum((0, 2)) > 0).nonzero().flatten().tolist()
     if not live:
         raise CliError(f"{path}: every layer has zero load")
@@ -185,8 +199,8 @@ def cmd_plan(args) -> int:
         raise CliError(str(exc)) from None
     try:
         new.save(out)
-    except OSError as exc:
-        raise CliError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
     before = "previous" if previous is not None else "default"
     moves = metrics.moves(base, new) if previous is not None else None
     print(_table(h, base, new, live, args.physical, args.devices, before_name=before,
@@ -206,7 +220,7 @@ def cmd_simulate(args) -> int:
     try:
         with _Progress("simulating") as prog:
             res = simulate(h, args.physical, args.devices, cycle_len=args.cycle_len,
-                           episode_len=args.episode_len, progress=prog.update,
+                           episode_len=_at_most(args.episode_len, args.cycle_len), progress=prog.update,
                            balancer_options={"threshold": args.threshold, "move_penalty": args.move_penalty})
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -216,6 +230,13 @@ def cmd_simulate(args) -> int:
         path = _plot_simulation(res, out)
         print(f"figure written to {path}")
     return 0
+
+
+def _at_most(episode_len, cycle_len):
+    """An episode longer than a cycle is the whole cycle: cap it (in range of the operators)."""
+    if isinstance(episode_len, int) and isinstance(cycle_len, int) and cycle_len >= 1:
+        return min(episode_len, cycle_len)
+    return episode_len
 
 
 def _print_simulation(res) -> None:
@@ -340,7 +361,9 @@ def cmd_demo(args) -> int:
         nxt = (metrics.balance_ratio(base, following).mean().item(), metrics.balance_ratio(new, following).mean().item())
         print(f"  {P} slots / {D} devices: per-episode peak/avg on the window {fit[0]:.4f} (default) "
               f"-> {fit[1]:.4f} (flashlb); on the next window {nxt[0]:.4f} -> {nxt[1]:.4f}; {dt:.2f} s")
-    torch.save({"logical_count": trace}, out / "synthetic_trace.pt")
+    from .placement import atomic_write
+
+    atomic_write(out / "synthetic_trace.pt", lambda p: torch.save({"logical_count": trace}, p))
     data = _data_dir()
     if data is None:
         print("real DeepSeek-V3 statistics not found (set FLASHLB_DATA to their folder); skipped")
@@ -359,7 +382,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flashlb", description="Expert-parallelism load balancer for MoE inference.")
+    p = _Parser(prog="flashlb", description="Expert-parallelism load balancer for MoE inference.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     loads_help = "loads file: .json (SGLang logical_count), .pt (tensor or SGLang dump), .npy, .safetensors"
@@ -414,14 +437,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except CliError as exc:
+    except (CliError, ValueError, TypeError, OSError, MemoryError, RecursionError) as exc:
+        # Bad input (files, sizes, options) that reached the library: one line, status 2.
         if args.debug:
             raise
-        print(f"flashlb: error: {exc}", file=sys.stderr)
+        print(f"flashlb: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flashlb: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"flashlb: internal error: {type(exc).__name__}: {_one_line(exc)} (--debug shows the "
+              "traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from .. import metrics
-from .._checks import as_hotness, check_int, check_sizes
-from ..api import plan
-from ..placement import Placement, atomic_write
+from .._checks import as_hotness, check_int, check_number, check_sizes
+from ..api import check_previous, plan
+from .._files import atomic_write, read_data
+from ..placement import Placement
 
 __all__ = ["Balancer", "Update"]
 
@@ -72,7 +73,7 @@ class Balancer:
         self.degradation = float(degradation)
         self.min_gain = float(min_gain)
         self.max_layers = None if max_layers_per_cycle is None else check_int(max_layers_per_cycle, "max_layers_per_cycle")
-        self.move_penalty = float(move_penalty)
+        self.move_penalty = check_number(move_penalty, "move_penalty", maximum=1e6)
         self.expert_bytes = None if expert_bytes is None else check_int(expert_bytes, "expert_bytes", 0)
         self.plan_options = plan_options
         self.reference: torch.Tensor | None = None  # [L]; NaN: not measured since last placed
@@ -83,15 +84,9 @@ class Balancer:
         """One decision cycle on the latest window. hotness: [T, L, N] or [L, N]."""
         h = as_hotness(hotness).cpu()
         T, L, N = h.shape
-        if not isinstance(current, Placement):
-            raise TypeError("current must be a flashlb.Placement")
         check_sizes(N, self.num_physical, self.num_devices)
-        if current.phy2log.shape != (L, self.num_physical) or current.num_experts != N \
-                or current.num_devices != self.num_devices:
-            raise ValueError(
-                f"current must place {L} layers x {N} experts on {self.num_physical} slots / "
-                f"{self.num_devices} devices, got {tuple(current.phy2log.shape)}, "
-                f"N={current.num_experts}, D={current.num_devices}")
+        # Every invariant of the placement in service, before any work.
+        check_previous(current, L, N, self.num_physical, self.num_devices, "current")
         current = current.to("cpu")
         before = metrics.balance_ratio(current, h)
         if self.reference is None or self.reference.shape != (L,):
@@ -131,9 +126,12 @@ class Balancer:
                 "cycles": self.cycles}
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
         ref = state.get("reference")
-        if ref is not None and (not isinstance(ref, torch.Tensor) or ref.dim() != 1):
-            raise ValueError("state['reference'] must be a [L] tensor or None")
+        if ref is not None and (not isinstance(ref, torch.Tensor) or ref.dim() != 1 or ref.is_meta
+                                or ref.layout != torch.strided or ref.is_complex()):
+            raise ValueError("state['reference'] must be a dense [L] real tensor or None")
         cycles = state.get("cycles", 0)
         self.reference = None if ref is None else ref.to(torch.float64).clone()
         self.cycles = check_int(cycles, "state['cycles']", 0)
@@ -144,5 +142,14 @@ class Balancer:
         atomic_write(Path(path), lambda p: torch.save(state, p))
 
     def load(self, path) -> None:
-        """Read a state written by :meth:`save` (``weights_only=True``: no object is unpickled)."""
-        self.load_state_dict(torch.load(Path(path), map_location="cpu", weights_only=True))
+        """Read a state written by :meth:`save` (``weights_only=True``: no object is unpickled).
+
+        Only a regular ``.pt`` file of sane size is opened; anything else is a ``ValueError``.
+        """
+        state = read_data(path, (".pt",))
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: not a Balancer state (a dict of 'reference' and 'cycles')")
+        try:
+            self.load_state_dict(state)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <chrono>
+#include <cmath>
 #include <optional>
 #include <vector>
 #include <tuple>
@@ -38,17 +39,28 @@ std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
   const int64_t B = loads.size(0), T = loads.size(1), N = loads.size(2);
   TORCH_CHECK_VALUE(num_devices >= 1 && slots_per_device >= 1,
                     "joint_search: num_devices and slots_per_device must be >= 1");
-  const int64_t P = num_devices * slots_per_device;
+  int64_t P = 0;
+  TORCH_CHECK_VALUE(!__builtin_mul_overflow(num_devices, slots_per_device, &P),
+                    "joint_search: num_devices * slots_per_device overflows int64");
   check_rows(loads, "loads", at::kDouble, 3, B);
   check_rows(episode_weights, "episode_weights", at::kDouble, 2, B);
   TORCH_CHECK_VALUE(episode_weights.size(1) == T, "joint_search: episode_weights must be [B, T]");
   TORCH_CHECK_VALUE(counts.has_value() != init_slots.has_value(),
                     "joint_search: give exactly one of counts (build a placement) and "
                     "init_slots (start from one)");
-  TORCH_CHECK_VALUE(!time_limit.has_value() || *time_limit > 0,
-                    "joint_search: time_limit must be > 0 seconds (None: no limit)");
-  TORCH_CHECK_VALUE(perturb_rounds >= 0 && seed >= 0 && smoothing >= 0 && move_penalty >= 0,
-                    "joint_search: perturb_rounds, seed, smoothing and move_penalty must be >= 0");
+  // A day at most: a larger (or infinite) limit would overflow the deadline; None: no limit.
+  TORCH_CHECK_VALUE(!time_limit.has_value() || (*time_limit > 0 && *time_limit <= 86400.0),
+                    "joint_search: time_limit must be in (0, 86400] seconds (None: no limit)");
+  TORCH_CHECK_VALUE(perturb_rounds >= 0 && seed >= 0 && smoothing >= 0 && move_penalty >= 0 &&
+                        std::isfinite(smoothing) && std::isfinite(move_penalty),
+                    "joint_search: perturb_rounds, seed, smoothing and move_penalty must be finite, >= 0");
+  // A NaN or inf load would leave an episode without a heaviest device.
+  TORCH_CHECK_VALUE(B == 0 || T == 0 || N == 0 ||
+                        (at::isfinite(loads).all().item<bool>() && (loads >= 0).all().item<bool>()),
+                    "joint_search: loads must be finite and >= 0");
+  TORCH_CHECK_VALUE(B == 0 || T == 0 || (at::isfinite(episode_weights).all().item<bool>() &&
+                                         (episode_weights >= 0).all().item<bool>()),
+                    "joint_search: episode_weights must be finite and >= 0");
   Tensor w = loads.contiguous(), ew = episode_weights.contiguous();
   Tensor cnt = at::zeros({B, N}, loads.options().dtype(at::kLong));
   Tensor slots = at::empty({B, P}, loads.options().dtype(at::kLong));
@@ -60,6 +72,9 @@ std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
   } else {
     check_rows(*init_slots, "init_slots", at::kLong, 2, B);
     TORCH_CHECK_VALUE(init_slots->size(1) == P, "joint_search: init_slots must be [B, P]");
+    TORCH_CHECK_VALUE(B == 0 || P == 0 || (init_slots->min().item<int64_t>() >= 0 &&
+                                           init_slots->max().item<int64_t>() < N),
+                      "joint_search: init_slots ids must lie in [0, N)");
     slots.copy_(*init_slots);
   }
   Tensor anc;
@@ -107,8 +122,18 @@ Tensor max_assignment_cpu(const Tensor& scores) {
   TORCH_CHECK_VALUE(scores.dim() == 3 && scores.size(1) == scores.size(2),
                     "max_assignment: scores must be [B, n, n], got ", scores.sizes());
   TORCH_CHECK_VALUE(scores.scalar_type() == at::kDouble, "max_assignment: scores must be float64");
+  TORCH_CHECK_VALUE(scores.device().is_cpu() && scores.layout() == at::kStrided,
+                    "max_assignment: scores must be a dense CPU tensor");
   const int64_t B = scores.size(0), n = scores.size(1);
+  TORCH_CHECK_VALUE(scores.numel() == 0 || at::isfinite(scores).all().item<bool>(),
+                    "max_assignment: scores must be finite (NaN or inf found)");
   Tensor s = scores.contiguous();
+  // The assignment does not change with a positive scale; keep the potentials far from
+  // overflow (and subnormal scores distinct) by bringing extreme magnitudes to 1.
+  if (s.numel() > 0) {
+    const double big = s.abs().max().item<double>();
+    if (big > 1e100 || (big > 0 && big < 1e-100)) s = (s / big).contiguous();
+  }
   Tensor out = at::empty({B, n}, scores.options().dtype(at::kLong));
   const double* sp = s.data_ptr<double>();
   int64_t* op = out.data_ptr<int64_t>();

@@ -2,6 +2,7 @@
 #include "assignment.h"
 
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 namespace flashlb {
@@ -42,6 +43,8 @@ void max_assignment(int64_t n, const double* score, int64_t* out) {
           minv[j] -= delta;
         }
       }
+      // No finite reduced cost left (NaN or infinite scores): stop instead of looping forever.
+      if (j1 == 0) throw std::invalid_argument("flashlb.max_assignment: scores must be finite");
       j0 = j1;
     } while (match[j0] != 0);
     do {

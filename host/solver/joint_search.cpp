@@ -21,6 +21,18 @@
 #include <stdexcept>
 #include <vector>
 
+// Bounds checks of the search's indices: compiled in debug builds (no NDEBUG) and in the
+// sanitizer build (FLASHLB_BOUNDS_CHECKS); a failure throws instead of writing out of bounds.
+#if !defined(NDEBUG) || defined(FLASHLB_BOUNDS_CHECKS)
+#define FLASHLB_CHECK(cond)                                                              \
+  do {                                                                                   \
+    if (!(cond))                                                                         \
+      throw std::logic_error("flashlb: internal check failed: " #cond " (" __FILE__ ")"); \
+  } while (0)
+#else
+#define FLASHLB_CHECK(cond) ((void)0)
+#endif
+
 namespace flashlb {
 namespace {
 
@@ -61,6 +73,8 @@ class Search {
 
   // ---------------------------------------------------------------- state
   void set_state(const std::vector<int64_t>& slots, const std::vector<int64_t>& counts) {
+    FLASHLB_CHECK(static_cast<int64_t>(slots.size()) == slots_ &&
+                  static_cast<int64_t>(counts.size()) == experts_);
     for (int64_t p = 0; p < slots_; ++p) slot_expert_[p] = slots[p];
     for (int64_t e = 0; e < experts_; ++e) counts_[e] = counts[e];
     rebuild();
@@ -71,6 +85,7 @@ class Search {
     std::fill(holds_.begin(), holds_.end(), 0);
     for (int64_t p = 0; p < slots_; ++p) {
       int64_t e = slot_expert_[p], d = p / slots_per_device_;
+      FLASHLB_CHECK(e >= 0 && e < experts_ && counts_[e] >= 1);
       holds_[d * experts_ + e] = 1;
       for (int64_t t = 0; t < episodes_; ++t) {
         replica_load_[p * episodes_ + t] = loads_[t * experts_ + e] / static_cast<double>(counts_[e]);
@@ -95,7 +110,7 @@ class Search {
       for (int64_t d = 0; d < devices_; ++d) {
         double x = device_load_[d * episodes_ + t];
         sq += x * x;
-        if (x <= v[kTop - 1]) continue;
+        if (!(x > v[kTop - 1])) continue;  // also skips NaN: the peak index stays valid
         int k = kTop - 1;
         while (k > 0 && x > v[k - 1]) { v[k] = v[k - 1]; id[k] = id[k - 1]; --k; }
         v[k] = x;
@@ -162,6 +177,7 @@ class Search {
         }
       }
       if (best < 0) best = repair(e, fill);
+      FLASHLB_CHECK(best >= 0 && best < devices_ && fill[best] < slots_per_device_);
       int64_t p = best * slots_per_device_ + fill[best]++;
       slot_expert_[p] = e;
       holds_[best * experts_ + e] = 1;
@@ -210,7 +226,10 @@ class Search {
   // Source devices: those that are the peak of some weighted episode, most weight first.
   std::vector<int64_t> sources() const {
     std::vector<double> c(devices_, 0.0);
-    for (int64_t t : live_episodes_) c[top_device_[kTop * t]] += weights_[t];
+    for (int64_t t : live_episodes_) {
+      const int64_t d = top_device_[kTop * t];
+      if (d >= 0) c[d] += weights_[t];  // -1: no device is loaded in this episode
+    }
     std::vector<int64_t> ds;
     for (int64_t d = 0; d < devices_; ++d)
       if (c[d] > 0) ds.push_back(d);
@@ -307,6 +326,7 @@ class Search {
   }
 
   void apply_swap(int64_t i, int64_t j) {
+    FLASHLB_CHECK(i >= 0 && i < slots_ && j >= 0 && j < slots_);
     int64_t a = i / slots_per_device_, b = j / slots_per_device_, ei = slot_expert_[i], ej = slot_expert_[j];
     kept_ += anchor_gain(a, ej) - anchor_gain(a, ei) + anchor_gain(b, ei) - anchor_gain(b, ej);
     holds_[a * experts_ + ei] = 0;
@@ -402,6 +422,7 @@ class Search {
   }
 
   void apply_shift(int64_t s, int64_t y) {
+    FLASHLB_CHECK(s >= 0 && s < slots_ && y >= 0 && y < experts_ && shift_valid(s, y));
     int64_t x = slot_expert_[s];
     slot_expert_[s] = y;
     counts_[x] -= 1;
@@ -506,9 +527,25 @@ class Search {
 SearchResult joint_search(int64_t T, int64_t N, int64_t D, int64_t S, const double* loads,
                           const double* episode_weights, int64_t* counts, int64_t* slots,
                           const int64_t* anchor, const SearchOptions& opt) {
-  const int64_t P = D * S;
-  if (T < 1 || N < 1 || D < 1 || S < 1 || S > N || P < N)
+  if (T < 1 || N < 1 || D < 1 || S < 1 || S > N)
     throw std::invalid_argument("flashlb.joint_search: sizes need T, N, D, S >= 1, S <= N <= D * S");
+  int64_t P = 0, TN = 0, DN = 0, PT = 0;
+  if (__builtin_mul_overflow(D, S, &P) || __builtin_mul_overflow(T, N, &TN) ||
+      __builtin_mul_overflow(D, N, &DN) || __builtin_mul_overflow(P, T, &PT))
+    throw std::invalid_argument("flashlb.joint_search: sizes overflow 64-bit arithmetic");
+  if (P < N)
+    throw std::invalid_argument("flashlb.joint_search: sizes need T, N, D, S >= 1, S <= N <= D * S");
+  // Loads and weights must be finite and >= 0: a NaN would leave an episode without a peak.
+  for (int64_t i = 0; i < TN; ++i)
+    if (!(loads[i] >= 0.0 && loads[i] <= std::numeric_limits<double>::max()))
+      throw std::invalid_argument("flashlb.joint_search: loads must be finite and >= 0");
+  for (int64_t t = 0; t < T; ++t)
+    if (!(episode_weights[t] >= 0.0 && episode_weights[t] <= std::numeric_limits<double>::max()))
+      throw std::invalid_argument("flashlb.joint_search: episode weights must be finite and >= 0");
+  if (anchor != nullptr)
+    for (int64_t p = 0; p < P; ++p)
+      if (anchor[p] < 0 || anchor[p] >= N)
+        throw std::invalid_argument("flashlb.joint_search: anchor ids must lie in [0, N)");
   Search search(T, N, D, S, loads, episode_weights, anchor, opt);
   if (opt.build) {
     std::vector<int64_t> c(counts, counts + N);
