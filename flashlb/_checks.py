@@ -22,7 +22,12 @@ __all__ = [
     "check_tensor",
     "scaled_to_max",
     "MAX_SECONDS",
+    "MAX_SLOTS",
 ]
+
+# The most slots per layer: the largest deployments use a few hundred; the search's time grows
+# about as P**1.7 (one layer of 16384 slots takes seconds), so far beyond this it would not end.
+MAX_SLOTS = 1 << 16
 
 # The longest time budget accepted: a day. Beyond that a deadline is a typo (or inf), and
 # waiting for it would freeze the caller.
@@ -164,6 +169,8 @@ def check_sizes(num_experts: int, num_physical, num_devices, *, physical_name="n
             f"{physical_name}={P} needs more than {D} replicas of some expert, so one device "
             f"would hold an expert twice: at most N * {devices_name} = {num_experts * D} slots"
         )
+    if P > MAX_SLOTS:
+        raise ValueError(f"{physical_name}={P}: at most {MAX_SLOTS} slots per layer are supported")
     # Every plan holds [P] slot ids and, per device, a flag per expert: bound both by memory.
     check_memory(8 * P + D * num_experts, f"{physical_name}={P} on {devices_name}={D}")
     return P, D

@@ -156,11 +156,15 @@ def atomic_write(path, write) -> None:
     _clean_stale(folder, path.name)
     tmp = folder / f".{path.name}.flashlb-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0666 & ~umask, as the kernel applied it
+        os.close(fd)
     except OSError as exc:
         raise ValueError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     try:
         write(tmp)
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that recreated the file
+            os.chmod(tmp, mode)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

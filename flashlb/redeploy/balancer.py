@@ -147,7 +147,7 @@ class Balancer:
         Only a regular ``.pt`` file of sane size is opened; anything else is a ``ValueError``.
         """
         state = read_data(path, (".pt",))
-        if not isinstance(state, dict):
+        if not isinstance(state, dict) or set(state) != {"reference", "cycles"}:
             raise ValueError(f"{path}: not a Balancer state (a dict of 'reference' and 'cycles')")
         try:
             self.load_state_dict(state)
