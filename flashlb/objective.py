@@ -40,16 +40,16 @@ def normalise_episodes(hotness: torch.Tensor, num_devices: int,
     A layer's weights are ``weights`` restricted to its episodes with load, renormalised to
     sum 1; a layer without any load gets all-zero weights (and all-zero loads).
     """
-    m = hotness.amax(dim=(0, 2), keepdim=True)  # each layer at scale 1 before summing:
-    hotness = hotness / torch.where(m > 0, m, torch.ones_like(m))  # no overflow, no subnormal sums
-    total = hotness.sum(-1)  # [T, L]
-    live = total > 0
+    # Each episode at scale 1 (its largest load) before summing: sums of loads near 1e308
+    # do not overflow, subnormal ones keep their precision, and no D / total overflows.
+    m = hotness.amax(-1, keepdim=True)  # [T, L, 1]
+    live = m[..., 0] > 0  # [T, L]
+    hotness = hotness / torch.where(m > 0, m, torch.ones_like(m))
+    total = hotness.sum(-1, keepdim=True)  # >= 1 where live
     ew = weights.to(hotness).unsqueeze(1) * live
     norm = ew.sum(0, keepdim=True)
     ew = torch.where(norm > 0, ew / torch.where(norm > 0, norm, torch.ones_like(norm)), ew)
-    scale = torch.where(live, num_devices / torch.where(live, total, torch.ones_like(total)),
-                        torch.zeros_like(total))
-    loads = hotness * scale.unsqueeze(-1)
+    loads = hotness / torch.where(total > 0, total, torch.ones_like(total)) * num_devices
     return loads.permute(1, 0, 2).contiguous(), ew.t().contiguous()
 
 

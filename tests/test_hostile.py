@@ -81,12 +81,20 @@ def test_magnitudes_from_subnormal_to_overflow():
         ew = torch.ones(1, 1, dtype=torch.float64)
         for bad in (w, w.nan_to_num(posinf=0.0) * 0 + float("inf"), -torch.ones(1, 1, 8, dtype=torch.float64)):
             try:
-                torch.ops.flashlb.joint_search(bad, ew, torch.full((1, 8), 2), None, None, 4, 16,
-                                               0.05, 0.0, 10, 0, 0.0)
+                torch.ops.flashlb.joint_search(bad, ew, counts=torch.full((1, 8), 2), num_devices=4,
+                                               slots_per_device=4, perturb_rounds=10)
             except ValueError:
                 pass
             else:
                 raise AssertionError("joint_search accepted non-finite or negative loads")
+        for limit in (float("inf"), 1e300, float("nan")):
+            try:
+                torch.ops.flashlb.joint_search(w.nan_to_num(1.0), ew, counts=torch.full((1, 8), 2),
+                                               num_devices=4, slots_per_device=4, time_limit=limit)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError(f"joint_search accepted time_limit={limit}")
         print("ok")
     """)
 

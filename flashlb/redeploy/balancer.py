@@ -17,8 +17,8 @@ import torch
 
 from .. import metrics
 from .._checks import as_hotness, check_int, check_number, check_sizes
-from ..api import check_previous, plan
 from .._files import atomic_write, read_data
+from ..api import check_previous, plan
 from ..placement import Placement
 
 __all__ = ["Balancer", "Update"]
