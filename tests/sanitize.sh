@@ -2,7 +2,7 @@
 # The C++ extension built with AddressSanitizer and UndefinedBehaviorSanitizer (plus the search's
 # bounds checks and libstdc++'s container assertions), in its own build folder, and the tests
 # that reach C++ run against it. The in-place build is left alone: the package and the tests
-# are copied into build/sanitize/tree, next to the sanitized flashlb/_C.
+# (the working tree) are copied into build/sanitize/tree, next to the sanitized flashlb/_C.
 #
 #   bash tests/sanitize.sh            # PYTHON=... to choose the interpreter (default .venv)
 set -euo pipefail
@@ -19,9 +19,9 @@ mkdir -p "$OUT/tree"
 CFLAGS="$CXX_FLAGS" LDFLAGS="-fsanitize=address,undefined" MAX_JOBS=${MAX_JOBS:-2} \
   "$PY" setup.py -q build_ext --build-temp "$OUT/temp" --build-lib "$OUT/lib" >"$OUT/build.log" 2>&1 \
   || { tail -30 "$OUT/build.log"; exit 1; }
-cp -r flashlb tests "$OUT/tree/"
-find "$OUT/tree" -name '_C*.so' -delete
-find "$OUT/tree" -name __pycache__ -prune -exec rm -rf {} +
+# The working tree (its tests read kernels/, CMakeLists.txt, ...), without builds and caches.
+tar -c --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' --exclude=__pycache__ \
+  --exclude=.hypothesis --exclude=.pytest_cache . | tar -x -C "$OUT/tree"
 cp "$OUT"/lib/flashlb/_C*.so "$OUT/tree/flashlb/"
 
 # Python itself is not instrumented: the ASan runtime must be loaded first, and libstdc++ with
