@@ -112,8 +112,9 @@ def lower_bound_ratio(hotness: torch.Tensor, num_physical: int, num_devices: int
     :func:`balance_ratio` averages the ratios, so the two can be printed side by side.
     """
     h = scaled_to_max(as_hotness(hotness))  # ratios ignore scale; sums do not overflow
-    avg = h.sum(-1) / num_devices  # [T, L]
-    lb = lower_bound_peak(h, num_physical, num_devices)
+    P, D = check_sizes(h.shape[-1], num_physical, num_devices)
+    avg = h.sum(-1) / D  # [T, L]
+    lb = lower_bound_peak(h, P, D)
     if lb.dim() == 1:
         lb = lb.unsqueeze(0)
     live = avg > 0
