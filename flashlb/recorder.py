@@ -27,7 +27,16 @@ class HotnessRecorder:
         W = check_int(window, "window")
         if dtype not in (torch.int32, torch.int64, torch.float32):
             raise ValueError(f"dtype must be int32, int64 or float32, got {dtype}")
-        self.buffer = torch.zeros(W, L, N, dtype=dtype, device=device)
+        try:
+            dev = torch.device(device) if device is not None else torch.device("cpu")
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device: {device!r} is not a torch device ({exc})") from None
+        try:  # the first allocation is where torch finds out the device is missing
+            self.buffer = torch.zeros(W, L, N, dtype=dtype, device=dev)
+        except (AssertionError, RuntimeError) as exc:
+            raise ValueError(
+                f"device: cannot hold a [{W}, {L}, {N}] ring on {str(dev)!r} ({exc})") from None
+        device = dev
         self.current = torch.zeros(L, N, dtype=dtype, device=device)
         self._pos = torch.zeros(1, dtype=torch.int64, device=device)  # next ring row
         self._ring = torch.arange(W, dtype=torch.int64, device=device)

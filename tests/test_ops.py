@@ -371,3 +371,11 @@ def test_npu_library_is_looked_for_in_the_package_folder(monkeypatch):
     with pytest.warns(UserWarning, match=str(lib)):
         assert ops._load_npu_kernels() is False
     assert lib.parent.name == "flashlb"
+
+
+@pytest.mark.parametrize("device", ["cuda", "meta-typo", "npu:99"])
+def test_recorder_on_a_missing_device_is_one_value_error(device):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("cuda is present here")
+    with pytest.raises(ValueError, match="device"):
+        HotnessRecorder(2, 4, window=3, device=device)
