@@ -11,14 +11,24 @@ import torch
 __all__ = ["packing_bound", "refine_counts", "all_allotments", "best_allotments"]
 
 
-def packing_bound(loads: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor, num_devices: int) -> torch.Tensor:
-    """Look-ahead estimate of the best peak that replica counts allow, before any placement.
+def packing_bound(loads: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor,
+                  num_devices: int) -> torch.Tensor:
+    """A lower bound on the objective that replica counts allow, before any placement.
 
-    loads: [B, T, N] loads (each episode's device average 1), weights: [B, T], counts: [B, K, N]
-    candidate counts (sum P) -> [B, K] sum_t weights[t] * bound_t. Per episode, with replica loads
-    sorted x_1 >= ... >= x_P and S = P / D slots per device: of the m*D + 1 largest replicas some
-    device holds m + 1, plus S - m - 1 others, so its load is at least the m + 1 smallest of
-    those plus the S - m - 1 smallest overall (m = 0 .. S - 1); and at least the average, 1.
+    loads: [B, T, N] (each episode's device average 1), weights: [B, T], counts: [B, K, N]
+    candidate counts (sum P) -> [B, K] sum_t weights[t] * bound_t. Per episode, with replica
+    loads sorted x_0 >= x_1 >= ... >= x_{P-1} and S = P / D slots per device, the peak is at
+    least the average, 1, and:
+
+    - of the m*D + 1 largest replicas some device holds m + 1 (m = 0 .. S - 1): its load is at
+      least the m + 1 smallest of those plus the S - m - 1 smallest replicas overall;
+    - of the D + j largest, the devices holding two or more take j of them beyond the first
+      ("tails"), each device at most S - 1. Give each device's largest ("head") with its
+      largest tail: at best the j smallest of the D + j are the tails, the S - 1 largest
+      tails going to the smallest head, the next S - 1 to the next head, and so on. So some
+      device holds x_{D-1-r//(S-1)} + x_{D+r} for every r < P - D, plus S - 2 others.
+      (With two slots per device the heads take one tail each; with more, one head can
+      take several, which is why pairing each head with one tail was no bound there.)
     """
     B, T, N = loads.shape
     K = counts.shape[1]
@@ -33,27 +43,16 @@ def packing_bound(loads: torch.Tensor, weights: torch.Tensor, counts: torch.Tens
     x = items.sort(-1, descending=True).values
     cs = torch.nn.functional.pad(x.cumsum(-1), (1, 0))  # cs[..., i] = sum of the i largest
     m = torch.arange(S)
-    top = cs[..., m * D + 1] - cs[..., m * D - m]  # x_{mD-m+1} .. x_{mD+1} (1-based)
+    top = cs[..., m * D + 1] - cs[..., m * D - m]  # x_{mD-m} .. x_{mD} (0-based)
     small = cs[..., P : P + 1] - cs[..., P - (S - 1 - m)]
     bound = (top + small).amax(-1)
     if S >= 2:
-        # Of the D + j largest, j devices hold two: pair the 2j smallest of them largest with
-        # smallest (0-based ranks D-j+i and D+j-1-i), plus the S - 2 smallest replicas overall.
-        i1, i2 = _pair_ranks(D, P)
-        pairs = (x[..., i1] + x[..., i2]).amax(-1)
+        r = torch.arange(P - D)
+        heads, tails = D - 1 - r // (S - 1), D + r
+        pairs = (x[..., heads] + x[..., tails]).amax(-1)
         bound = torch.maximum(bound, pairs + cs[..., P] - cs[..., P - (S - 2)])
     bound = bound.clamp_min(1.0)  # [B, K, T]
     return (bound * weights.unsqueeze(1)).sum(-1)
-
-
-def _pair_ranks(D: int, P: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ranks (i1, i2) of every pair in the pairing bound, j = 1 .. min(D, P - D), i < j."""
-    i1, i2 = [], []
-    for j in range(1, min(D, P - D) + 1):
-        for i in range(j):
-            i1.append(D - j + i)
-            i2.append(D + j - 1 - i)
-    return torch.tensor(i1, dtype=torch.int64), torch.tensor(i2, dtype=torch.int64)
 
 
 def all_allotments(N: int, P: int, D: int, limit: int) -> torch.Tensor | None:

@@ -35,10 +35,12 @@ def _compositions(N: int, P: int, D: int):
 
 
 def exact_layer(w: list[list[float]], ew: list[float], P: int, D: int,
-                upper: float = float("inf")) -> tuple[float, list[int] | None]:
+                upper: float = float("inf"),
+                counts: list[int] | None = None) -> tuple[float, list[int] | None]:
     """Optimum of one layer.
 
     w: [T][N] loads normalised so each episode's device average is 1; ew: [T] weights.
+    counts: [N] replica counts to keep fixed, or None to search them too.
     Returns (objective, phy2log as a list of P ids) or (upper, None) if nothing beats ``upper``.
     """
     T, N = len(w), len(w[0])
@@ -50,7 +52,7 @@ def exact_layer(w: list[list[float]], ew: list[float], P: int, D: int,
     def count_bound(c):
         return sum(ew[t] * max(1.0, max(w[t][e] / c[e] for e in range(N))) for t in active)
 
-    cands = sorted(_compositions(N, P, D), key=count_bound)
+    cands = [tuple(counts)] if counts is not None else sorted(_compositions(N, P, D), key=count_bound)
     for c in cands:
         if count_bound(c) >= best[0] - 1e-12:
             break
