@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flashlb
+from flashlb import metrics
 
 from conftest import judge
 
@@ -107,9 +108,16 @@ def test_plans_near_a_previous_placement_stay_valid(inst, other, penalty):
     h2 = torch.rand(h.shape, generator=torch.Generator().manual_seed(int(other[0].sum()) % 1000), dtype=torch.float64)
     new = flashlb.plan(h2, P, D, previous=old, move_penalty=penalty)
     check_valid(new, h2, P, D)
-    from flashlb import metrics
-
-    assert bool((metrics.moves(old, new) <= P).all())
+    # never worse than the default greedy aligned to old, moves priced in (the fallback)
+    g2 = flashlb.align_to(flashlb.plan(h2, P, D, algorithm="default"), old)
+    ok = ~g2.has_duplicates()
+    ours = judge(new, h2) + penalty * metrics.moves(old, new)
+    theirs = judge(g2, h2) + penalty * metrics.moves(old, g2)
+    assert bool((ours[ok] <= theirs[ok] + 1e-9).all())
+    # and aligned: no permutation of devices or slots would keep more of old in place
+    assert torch.equal(metrics.moves(old, new), metrics.moves(old, flashlb.align_to(new, old)))
     # the default greedy's placement (duplicates possible) is a valid "previous" too
     g = flashlb.plan(h, P, D, algorithm="default")
-    check_valid(flashlb.plan(h2, P, D, previous=g, move_penalty=penalty), h2, P, D)
+    new = flashlb.plan(h2, P, D, previous=g, move_penalty=penalty)
+    check_valid(new, h2, P, D)
+    assert torch.equal(metrics.moves(g, new), metrics.moves(g, flashlb.align_to(new, g)))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import flashlb
-from flashlb import metrics
+from flashlb import Placement, metrics
 from flashlb.solvers.exact import exact_plan
 
 from conftest import judge as objective, load_real, real_files
@@ -77,6 +77,34 @@ def test_never_worse_than_the_default_greedy():
         ours = objective(flashlb.plan(h, D * S, D).validate(), h)
         base = objective(flashlb.plan(h, D * S, D, algorithm="default"), h)
         assert bool((ours <= base + 1e-12).all())
+
+
+def _poor_plan(loads, weights, P, D, **_):
+    """A valid, duplicate-free and badly balanced placement: experts in id order."""
+    N = loads.shape[2]
+    return (torch.arange(P) % N).expand(loads.shape[0], P).clone()
+
+
+@pytest.mark.parametrize("path", ["plan_fresh", "plan_near_previous"])
+def test_greedy_fallback_takes_over_where_the_search_is_worse(monkeypatch, path):
+    # every path ends in the fallback: a search that returns a poor placement is replaced,
+    # layer by layer, by the default greedy's where that one is admissible and better
+    from flashlb.solvers import joint
+
+    g = torch.Generator().manual_seed(8)
+    h = torch.rand(2, 4, 16, generator=g, dtype=torch.float64) ** 4 * 100
+    P, D = 20, 4
+    old = flashlb.plan(h, P, D)
+    monkeypatch.setattr(joint, path, lambda loads, weights, *a, **k: _poor_plan(loads, weights, P, D))
+    kw = {"previous": old} if path == "plan_near_previous" else {}
+    got = flashlb.plan(h, P, D, **kw).validate()
+    greedy = flashlb.plan(h, P, D, algorithm="default")
+    poor = Placement.from_phy2log(_poor_plan(torch.zeros(4, 1, 16), None, P, D), 16, D)
+    ok = ~greedy.has_duplicates()
+    assert bool(ok.any())
+    want = torch.where(ok, torch.minimum(objective(greedy, h), objective(poor, h)), objective(poor, h))
+    assert torch.allclose(objective(got, h), want)
+    assert bool((objective(got, h) < objective(poor, h) - 1e-9).any())  # it did take over
 
 
 def test_time_budget_is_anytime():
