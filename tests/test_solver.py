@@ -7,6 +7,7 @@ import torch
 import flashlb
 from flashlb import Placement, metrics
 from flashlb.solvers.exact import exact_plan
+from flashlb.synthetic import small_instance
 
 from conftest import judge as objective, load_real, real_files
 
@@ -18,28 +19,27 @@ def test_seed_example_reaches_the_exact_optimum(seed_hotness):
     assert metrics.device_loads(p, seed_hotness).max().item() == pytest.approx(590 / 3)
 
 
-def random_instance(rnd, g, max_slots=12):
-    D = rnd.choice([1, 2, 3, 4, 6])
-    S = max(1, min(rnd.choice([1, 2, 3]), max_slots // D))
-    P = D * S
-    N = rnd.randint(S, P)
-    T = rnd.choice([1, 1, 2, 3])
-    h = (torch.rand(T, 1, N, generator=g, dtype=torch.float64) ** 3 * 100).round()
-    return h, P, D
+# Instances of the broad family that once showed a gap (44, 901, 1042: above 1%; 1019, 2497:
+# about 0.1%) - smoothing steering the search past the best peaks, the best counts ranked low
+# by the packing bound, a basin whose every neighbour is worse: kept beside plain seeds.
+HARD_SEEDS = [44, 901, 1019, 1042, 2497]
 
 
-def test_small_instances_match_the_exact_solver():
-    rnd, g = random.Random(7), torch.Generator().manual_seed(7)
+@pytest.mark.parametrize("seeds", [range(120), HARD_SEEDS], ids=["seeds 0-119", "hard seeds"])
+def test_small_instances_match_the_exact_solver(seeds):
+    # up to 6 devices, 1-4 slots per device, 1-4 episodes, skewed, heavy-tailed, one-hot,
+    # tied, integer loads and idle episodes; the solver reaches the optimum on all of these
+    # (worst 0.33% over seeds 0-2999, bench/solver.py), so the tolerances sit close to zero
     gaps = []
-    for _ in range(25):
-        h, P, D = random_instance(rnd, g)
+    for seed in seeds:
+        h, P, D, kind = small_instance(seed)
         _, best = exact_plan(h, P, D)
-        got = objective(flashlb.plan(h, P, D).validate(), h)
-        assert got.item() >= best.item() - 1e-9  # the oracle is a true optimum
+        got = objective(flashlb.plan(h, P, D).validate(), h).item()
+        assert got >= best.item() - 1e-9, (seed, kind)  # the oracle is a true optimum
         if best.item() > 0:
-            gaps.append(got.item() / best.item() - 1)
-    assert max(gaps) <= 0.03
-    assert sum(gaps) / len(gaps) <= 0.005
+            gaps.append(got / best.item() - 1)
+    assert max(gaps) <= 1e-3
+    assert sum(gaps) / len(gaps) <= 1e-4
 
 
 def test_exact_solver_beats_brute_force_never():

@@ -25,7 +25,7 @@ import torch
 from ..align import align_to
 from ..objective import allot_replicas, episode_weights, normalise_episodes, weighted_peak_ratio
 from ..placement import Placement
-from .allotment import best_allotments, refine_counts
+from .allotment import all_allotments, best_allotments, refine_counts
 from .greedy import greedy_global, greedy_hierarchical, groups_to_nodes, nodes_to_layer
 from .search import joint_search
 
@@ -76,8 +76,33 @@ def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int) -> t
         cands.append(refine_counts(loads, weights, base, D))
         best = best_allotments(loads, weights, P, D, k=4, limit=2048)
         if best is not None:
-            return torch.cat([torch.stack(cands, 1), best], 1)
+            cands.extend(best.unbind(1))
+        screened = _screened_allotments(loads, weights, P, D, k=2)
+        if screened is not None:
+            cands.extend(screened.unbind(1))
     return torch.stack(cands, 1)
+
+
+def _screened_allotments(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int, *, k: int,
+                         limit: int = 512, budget: int = 16384) -> torch.Tensor | None:
+    """The counts of the k best placements found by one quick search (no perturbation, no
+    smoothing) from every count vector: [B, k, N], or None when there are too many.
+
+    The packing bound ranks count vectors before any placement; where the rules bind (few
+    experts, several slots per device) the best one can rank far down, so small problems
+    are also screened by what a placement actually reaches.
+    """
+    B, T, N = loads.shape
+    allc = all_allotments(N, P, D, limit)
+    if allc is None or B * allc.shape[0] > budget:
+        return None
+    C = allc.shape[0]
+    found = joint_search(loads.repeat_interleave(C, 0), weights.repeat_interleave(C, 0),
+                         counts=allc.repeat(B, 1), num_devices=D, slots_per_device=P // D,
+                         smoothing=0.0)
+    top = found.peak_ratio.view(B, C).topk(min(k, C), dim=1, largest=False).indices  # [B, k]
+    counts = found.counts.view(B, C, N)
+    return counts.gather(1, top.unsqueeze(-1).expand(-1, -1, N))
 
 
 def _auto_rounds(P: int, T: int) -> int:
@@ -95,7 +120,7 @@ def search_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
                  settings: SearchSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """Best fresh placement per problem over the candidate counts.
 
-    loads: [B, T, N], weights: [B, T] -> (slots [B, P], objective [B]).
+    loads: [B, T, N], weights: [B, T] -> (slots [B, P], weighted peak ratio [B]).
     """
     B, T, N = loads.shape
     S = P // D
@@ -106,17 +131,26 @@ def search_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
     for k in range(1, K):
         keep[:, k] = ~(cands[:, k : k + 1] == cands[:, :k]).all(-1).any(-1)
     bi, ki = keep.nonzero(as_tuple=True)
-    found = joint_search(loads[bi], weights[bi], counts=cands[bi, ki], num_devices=D,
-                         slots_per_device=S, smoothing=settings.smoothing,
-                         perturb_rounds=settings.perturb_rounds, seed=settings.seed,
-                         time_limit=settings.time_left())
-    score = torch.full((B, K), float("inf"), dtype=torch.float64)
-    score[bi, ki] = found.objective
-    best = score.argmin(1)
-    out = torch.empty(B, P, dtype=torch.int64)
-    sel = ki == best[bi]
-    out[bi[sel]] = found.slots[sel]
-    objective = score.gather(1, best.unsqueeze(1)).squeeze(1)
+    # The smoothing term helps the descent off plateaus but can also steer it past the best
+    # peaks; small problems are cheap, so they are searched without it as well.
+    smoothings = [settings.smoothing] + ([0.0] if settings.smoothing > 0 and P * T <= 256 else [])
+    R = len(smoothings)
+    peak = torch.full((B, R * K), float("inf"), dtype=torch.float64)
+    smooth = torch.full((B, R * K), float("inf"), dtype=torch.float64)
+    slots = torch.empty(B, R * K, P, dtype=torch.int64)
+    for r, smoothing in enumerate(smoothings):
+        found = joint_search(loads[bi], weights[bi], counts=cands[bi, ki], num_devices=D,
+                             slots_per_device=S, smoothing=smoothing,
+                             perturb_rounds=settings.perturb_rounds, seed=settings.seed + r,
+                             time_limit=settings.time_left())
+        peak[bi, r * K + ki] = found.peak_ratio
+        smooth[bi, r * K + ki] = found.objective
+        slots[bi, r * K + ki] = found.slots
+    # Best per problem on the peaks; the smoothing term only breaks ties.
+    near_best = peak <= peak.amin(1, keepdim=True) + 1e-12
+    best = torch.where(near_best, smooth, torch.full_like(smooth, float("inf"))).argmin(1)
+    out = slots[torch.arange(B), best]
+    ratio = peak.gather(1, best.unsqueeze(1)).squeeze(1)
     # Anytime: with a deadline, keep perturbing every problem in fair waves until time is up.
     wave = 1
     while settings.deadline is not None and time.perf_counter() < settings.deadline - 2e-3:
@@ -124,11 +158,11 @@ def search_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
                              smoothing=settings.smoothing,
                              perturb_rounds=max(settings.perturb_rounds, 8),
                              seed=settings.seed + 7919 * wave, time_limit=settings.time_left())
-        better = again.objective < objective - 1e-12
+        better = again.peak_ratio < ratio - 1e-12
         out[better] = again.slots[better]
-        objective = torch.where(better, again.objective, objective)
+        ratio = torch.where(better, again.peak_ratio, ratio)
         wave += 1
-    return out, objective
+    return out, ratio
 
 
 def _search_per_node(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,

@@ -39,6 +39,8 @@ namespace {
 constexpr double kTol = 1e-10;
 constexpr int kTop = 4;            // devices remembered per episode, heaviest first
 constexpr int kExtraPartners = 3;  // partners tried after the first improving one
+constexpr double kWander = 0.02;   // perturbation rounds walk on within 2% of the best ...
+constexpr int64_t kWanderRounds = 8;  // ... for at most this many rounds without a new best
 
 struct Rng {  // splitmix64: small, fast and identical on every platform
   uint64_t s;
@@ -476,23 +478,41 @@ class Search {
     }
   }
 
+  int64_t moves() const { return anchor_holds_.empty() ? 0 : slots_ - kept_; }
+
+  // What the caller minimises: the peaks plus the moves. The local search descends on the
+  // objective (with the smoothing term, which leaves plateaus), but the best placement of
+  // the rounds is chosen on this, the smoothing term only breaking ties: a smoother
+  // placement with a higher peak is no better.
+  double score() const { return peak_sum_ + move_penalty_ * static_cast<double>(moves()); }
+
+  bool better_than(double score, double objective) const {
+    double s = this->score();
+    return s < score - kTol || (s <= score + kTol && objective_ < objective - kTol);
+  }
+
   SearchResult run(Rng& rng) {
     local_search();
     std::vector<int64_t> best_slots(slot_expert_), best_counts(counts_);
-    double best_objective = objective_;
+    double best_score = score(), best_objective = objective_;
+    int64_t since_best = 0;
     for (int64_t round = 0; round < options_.perturb_rounds && !out_of_time(); ++round) {
       perturb(rng);
       local_search();
-      if (objective_ < best_objective - kTol) {
+      if (better_than(best_score, best_objective)) {
+        best_score = score();
         best_objective = objective_;
         best_slots = slot_expert_;
         best_counts = counts_;
-      } else {
+        since_best = 0;
+      } else if (score() > best_score * (1.0 + kWander) || ++since_best % kWanderRounds == 0) {
+        // Walk on from a placement not much worse than the best (the way out of a basin
+        // whose every neighbour is worse), but not far, and not for long.
         set_state(best_slots, best_counts);
       }
     }
-    if (objective_ > best_objective + kTol) set_state(best_slots, best_counts);
-    return {peak_sum_, objective_, anchor_holds_.empty() ? 0 : slots_ - kept_};
+    if (slot_expert_ != best_slots) set_state(best_slots, best_counts);
+    return {peak_sum_, objective_, moves()};
   }
 
   // Declared in the order of the constructor's initialiser list.
