@@ -27,6 +27,7 @@ from ..objective import allot_replicas, episode_weights, normalise_episodes, wei
 from ..placement import Placement
 from .allotment import all_allotments, best_allotments, refine_counts
 from .greedy import greedy_global, greedy_hierarchical, groups_to_nodes, nodes_to_layer
+from .scenarios import MAX_SCENARIOS, reduce_episodes
 from .search import joint_search
 
 __all__ = ["solve", "plan_fresh", "plan_near_previous", "greedy_fallback", "SearchSettings"]
@@ -293,15 +294,19 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
     start = time.perf_counter()
     T, L, N = hotness.shape
     P, D, M = num_physical, num_devices, num_nodes
-    rounds = _check_options(smoothing, move_penalty, perturb_rounds, seed, P // M, T)
+    rounds = _check_options(smoothing, move_penalty, perturb_rounds, seed, P // M,
+                            min(T, MAX_SCENARIOS))
     settings = SearchSettings(seed=seed, smoothing=float(smoothing), perturb_rounds=rounds,
                               deadline=None if time_budget is None else start + float(time_budget))
     loads, weights = normalise_episodes(hotness, D, episode_weights(T, recency_half_life))
+    # The search sees at most MAX_SCENARIOS weighted scenarios; the fallback scores every episode.
+    scenario_loads, scenario_weights = reduce_episodes(loads, weights)
     if previous is None:
-        phy = plan_fresh(loads, weights, P, D, num_groups=num_groups, num_nodes=M,
-                         settings=settings)
+        phy = plan_fresh(scenario_loads, scenario_weights, P, D, num_groups=num_groups,
+                         num_nodes=M, settings=settings)
     else:
-        phy = plan_near_previous(loads, weights, previous, num_groups=num_groups, num_nodes=M,
+        phy = plan_near_previous(scenario_loads, scenario_weights, previous,
+                                 num_groups=num_groups, num_nodes=M,
                                  move_penalty=float(move_penalty), settings=settings)
     summed = hotness.sum(0)
     greedy = (greedy_hierarchical(summed, P, num_groups, M, D) if M > 1
