@@ -248,3 +248,21 @@ def test_all_allotments_enumerates_capped_compositions():
     c = all_allotments(3, 5, 2, limit=100)
     assert sorted(map(tuple, c.tolist())) == [(1, 2, 2), (2, 1, 2), (2, 2, 1)]
     assert all_allotments(8, 16, 8, limit=100) is None
+
+
+def test_time_limit_gives_every_problem_its_share():
+    # endless perturbation rounds and a limit: with one deadline shared by all, the first
+    # problem of each thread took the whole time and the others never searched at all
+    from flashlb.objective import episode_weights, normalise_episodes
+    from flashlb.solvers.search import joint_search
+
+    h = torch.rand(4, 1, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64) ** 3
+    w, ew = normalise_episodes(h, 8, episode_weights(4))
+    counts = torch.tensor([[1] * 16 + [2] * 32])
+    once = joint_search(w, ew, counts=counts, num_devices=8, slots_per_device=10)
+    B = 6
+    r = joint_search(w.expand(B, -1, -1).contiguous(), ew.expand(B, -1).contiguous(),
+                     counts=counts.expand(B, -1).contiguous(), num_devices=8, slots_per_device=10,
+                     perturb_rounds=10**9, time_limit=0.6)
+    # every problem finished at least its first local search (and used its share on rounds)
+    assert bool((r.peak_ratio <= once.peak_ratio + 1e-12).all()), r.peak_ratio

@@ -28,7 +28,7 @@ void check_rows(const Tensor& t, const char* name, at::ScalarType dt, int64_t di
 // Exactly one start: counts [B, N] i64 (a placement is built for them) or init_slots [B, P]
 // i64 (the search starts from that placement, with its own counts). anchor [B, P] i64 or
 // None: the placement in service, each slot that differs costs move_penalty.
-// time_limit: seconds for the whole call, None for no limit.
+// time_limit: seconds for the whole call, shared fairly among the problems; None: no limit.
 // Returns slots [B, P] i64, counts [B, N] i64, stats [B, 3] f64 (peak ratio, objective, moves).
 std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
     const Tensor& loads, const Tensor& episode_weights, const std::optional<Tensor>& counts,
@@ -92,19 +92,22 @@ std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
   int64_t* sp = slots.data_ptr<int64_t>();
   const int64_t* ap = anc.defined() ? anc.data_ptr<int64_t>() : nullptr;
   double* st = stats.data_ptr<double>();
-  auto deadline = std::chrono::steady_clock::time_point::max();
-  if (time_limit.has_value())
-    deadline = std::chrono::steady_clock::now() +
-               std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                   std::chrono::duration<double>(*time_limit));
   at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+    // Each thread works through its problems in turn: with a time limit, the k-th of them
+    // must end by k / count of the limit, so every problem gets its share and time one
+    // leaves over passes to the next (a shared deadline went to the first ones only).
+    const auto start = std::chrono::steady_clock::now();
     for (int64_t b = lo; b < hi; ++b) {
       SearchOptions opt;
       opt.smoothing = smoothing;
       opt.move_penalty = move_penalty;
       opt.perturb_rounds = perturb_rounds;
       opt.seed = static_cast<uint64_t>(seed) * 1000003ull + static_cast<uint64_t>(b);
-      opt.deadline = deadline;
+      if (time_limit.has_value())
+        opt.deadline = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                   std::chrono::duration<double>(
+                                       *time_limit * static_cast<double>(b - lo + 1) /
+                                       static_cast<double>(hi - lo)));
       opt.build = build;
       SearchResult r = joint_search(T, N, num_devices, slots_per_device, wp + b * T * N,
                                     ep + b * T, cp + b * N, sp + b * P,
