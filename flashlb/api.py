@@ -63,7 +63,7 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
          algorithm: str = "flashlb", num_groups: int | None = None, num_nodes: int = 1,
          hierarchical: bool | None = None, time_budget: float | None = None, seed: int = 0,
          recency_half_life: float | None = None, previous: Placement | None = None,
-         move_penalty: float = 0.0, **options) -> Placement:
+         move_penalty: float = 0.0, max_moves: int | None = None, **options) -> Placement:
     """Decide replica counts and placement for every layer.
 
     hotness: [L, N] (one window) or [T, L, N] (T episodes) loads per logical expert.
@@ -72,7 +72,11 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     window). num_groups / num_nodes / hierarchical: group-limited routing; hierarchical=None
     follows DeepSeek's rule (groups divisible by nodes). time_budget: seconds for the anytime
     search. recency_half_life: episodes; the latest ones weigh more. previous / move_penalty:
-    the placement in service and the cost of one moved slot, in units of peak/avg (FlashLB only).
+    the placement in service and the cost of one moved slot, in units of peak/avg (FlashLB
+    only); each layer keeps ``previous``, takes the fresh plan aligned to it, or a point
+    between them, whichever has the least window peak/avg + move_penalty x moves.
+    max_moves: at most this many slots changed in all (needs ``previous``), spent on the
+    layers where they gain most.
     Returns a :class:`Placement` on the device of ``hotness``.
     """
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
@@ -95,6 +99,12 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
         time_budget = check_number(time_budget, "time_budget", maximum=MAX_SECONDS, positive=True)
     seed = check_seed(seed)
     move_penalty = check_number(move_penalty, "move_penalty", maximum=1e6)
+    if max_moves is not None:
+        if isinstance(max_moves, float):  # NaN, inf and 3.0 alike: a budget counts slots
+            raise ValueError(f"max_moves must be an integer >= 0 or None, got {max_moves!r}")
+        max_moves = min(check_int(max_moves, "max_moves", 0), L * P)
+        if previous is None:
+            raise ValueError("max_moves needs previous (the placement in service)")
     if "smoothing" in options:
         options["smoothing"] = check_number(options["smoothing"], "smoothing", maximum=1e6)
     if options.get("perturb_rounds") is not None:
@@ -105,8 +115,10 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     if previous is not None:
         previous = check_previous(previous, L, N, P, D)
     if algorithm == "default":
-        if options or previous is not None:
-            unknown = sorted(options) + (["previous"] if previous is not None else [])
+        if options or previous is not None or move_penalty or max_moves is not None:
+            unknown = sorted(options) + [k for k, v in (("previous", previous),
+                                                        ("move_penalty", move_penalty or None),
+                                                        ("max_moves", max_moves)) if v is not None]
             raise ValueError(f"algorithm='default' takes no options {unknown}")
         w = h.sum(0)
         if hier:
@@ -124,7 +136,7 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     result = solve(h, P, D, num_groups=num_groups if hier else None, num_nodes=M if hier else 1,
                    time_budget=time_budget, seed=seed, recency_half_life=recency_half_life,
                    previous=previous.to("cpu") if previous is not None else None,
-                   move_penalty=move_penalty, **options)
+                   move_penalty=move_penalty, max_moves=max_moves, **options)
     return result.to(device)
 
 

@@ -95,21 +95,83 @@ def test_balancer_state_round_trip(tmp_path):
     h = torch.rand(2, 3, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     p = flashlb.plan(h, 24, 4)
     a = Balancer(24, 4)
-    a.step(h, p)
+    up = a.step(h * torch.tensor([1.0, 5.0] + [1.0] * 14, dtype=torch.float64), p)
+    a.step(h, up.placement)
     a.save(tmp_path / "state.pt")
     b = Balancer(24, 4)
     b.load(tmp_path / "state.pt")
-    assert b.cycles == 1 and torch.equal(a.reference, b.reference)
-    with pytest.raises(ValueError, match="reference"):
-        b.load_state_dict({"reference": [1.0], "cycles": 0})
+    assert b.cycles == 2 and torch.equal(a.reference, b.reference)
+    assert torch.equal(a.measured, b.measured) and b.measured.dtype == torch.bool
+    # the next decision is the same after a restart
+    h2 = h.flip(-1)
+    assert torch.equal(a.step(h2, up.placement).placement.phy2log,
+                       b.step(h2, up.placement).placement.phy2log)
+    for bad in ({"reference": [1.0], "measured": None, "cycles": 0},
+                {"reference": torch.ones(3), "cycles": 0},
+                {"reference": torch.tensor([1.0, float("nan")]), "measured": torch.ones(2, dtype=torch.bool)},
+                {"reference": torch.ones(3, dtype=torch.float64), "measured": torch.ones(2, dtype=torch.bool)}):
+        with pytest.raises(ValueError, match="reference|measured"):
+            b.load_state_dict(bad)
+    assert torch.equal(a.reference, b.reference)  # a refused state changes nothing
+
+
+def test_balancer_move_budget_is_spent_where_it_gains_most():
+    g = torch.Generator().manual_seed(3)
+    h = torch.rand(4, 4, 32, generator=g, dtype=torch.float64) + 1
+    current = flashlb.plan(h, 48, 8)
+    h2 = h.clone()
+    h2[:, 3, :4] *= 30   # layer 3: far out of balance
+    h2[:, 0, :2] *= 1.6  # layer 0: a little
+    free = Balancer(48, 8, move_penalty=1e-4).step(h2, current)
+    assert int(free.moves.sum()) > 6
+    for budget in (0, 6, int(free.moves.sum()) - 1):
+        up = Balancer(48, 8, move_penalty=1e-4, max_moves_per_cycle=budget).step(h2, current)
+        up.placement.validate()
+        assert int(up.moves.sum()) <= budget
+    up = Balancer(48, 8, move_penalty=1e-4, max_moves_per_cycle=6).step(h2, current)
+    assert up.layers.tolist() == [3]  # the budget goes to the layer that gains most
+    # a byte budget is a move budget of max_bytes // expert_bytes
+    by = Balancer(48, 8, move_penalty=1e-4, expert_bytes=1000, max_bytes_per_cycle=6999).step(h2, current)
+    assert torch.equal(by.placement.phy2log, up.placement.phy2log) and by.bytes_moved <= 6999
+
+
+def test_balancer_leaves_the_old_basin_after_hot_experts_swap():
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(2, 48, generator=g, dtype=torch.float64).exp() ** 1.5
+    h1 = torch.poisson(base.expand(8, 2, 48) * 300, generator=g)
+    order = base.argsort(-1, descending=True)
+    swapped = base.clone()
+    for layer in range(2):
+        hot, cold = order[layer, :6], order[layer, -6:]
+        swapped[layer, hot], swapped[layer, cold] = base[layer, cold], base[layer, hot]
+    h2 = torch.poisson(swapped.expand(8, 2, 48) * 300, generator=g)
+    current = flashlb.plan(h1, 64, 16)
+    up = Balancer(64, 16).step(h2, current)
+    fresh = metrics.balance_ratio(flashlb.plan(h2, 64, 16), h2)
+    assert up.layers.numel() == 2
+    assert bool((up.after - fresh <= 0.25 * (up.before - fresh)).all())
+    assert int(up.moves.sum()) < int(metrics.moves(current, align_to(flashlb.plan(h2, 64, 16), current)).sum())
 
 
 def test_balancer_bad_input():
     p = flashlb.plan(torch.rand(2, 16), 24, 4)
     with pytest.raises(ValueError, match="threshold"):
         Balancer(24, 4, threshold=0.5)
+    for kwargs, match in ((dict(max_moves_per_cycle=float("nan")), "max_moves_per_cycle"),
+                          (dict(max_moves_per_cycle=-1), "max_moves_per_cycle"),
+                          (dict(max_bytes_per_cycle=-5, expert_bytes=10), "max_bytes_per_cycle"),
+                          (dict(max_bytes_per_cycle=100), "needs expert_bytes"),
+                          (dict(move_penalty=-1e-3), "move_penalty"),
+                          (dict(move_penalty=float("nan")), "move_penalty"),
+                          (dict(previous=p), "previous")):
+        with pytest.raises(ValueError, match=match):
+            Balancer(24, 4, **kwargs)
     with pytest.raises(ValueError, match="current must place"):
         Balancer(32, 4).step(torch.rand(2, 16), p)
+    missing = p.phy2log.clone()
+    missing[missing == 5] = 6
+    with pytest.raises(ValueError, match="every expert"):
+        Balancer(24, 4).step(torch.rand(2, 16), Placement.from_phy2log(missing, 16, 4))
     with pytest.raises(TypeError):
         Balancer(24, 4).step(torch.rand(2, 16), "placement")
 

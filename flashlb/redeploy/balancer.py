@@ -1,11 +1,12 @@
 """Balancer: the stateful object a serving engine holds between decision cycles.
 
 Layer-wise cherry-picking: each cycle measures every layer's per-episode peak/avg under the
-placement in service and re-plans only the layers that crossed a threshold - an absolute
-ratio, or a relative degradation from what the layer showed in the first window after its
-last placement (measured on the same kind of window, so the comparison is fair). The
-re-planned layers stay close to their old placement (alignment, move penalty) and are
-kept only when they gain; at most ``max_layers_per_cycle``, most gain first.
+placement in service and re-plans the layers that crossed a threshold - an absolute ratio,
+or a relative degradation from what the layer showed in the first window after its last
+placement (measured on the same kind of window, so the comparison is fair). Each re-planned
+layer keeps its placement, takes a fresh plan aligned to it, or a point between them,
+whichever costs least in peak/avg + ``move_penalty`` x moves (:func:`flashlb.plan` with
+``previous``); a move budget per cycle goes to the layers where a move gains most.
 """
 
 from __future__ import annotations
@@ -49,19 +50,26 @@ class Update:
 class Balancer:
     """Decides, cycle after cycle, which layers to re-place and where.
 
-    num_physical / num_devices: P slots on D devices. threshold: re-plan a layer whose
-    per-episode peak/avg exceeds it. degradation: or whose ratio grew by this fraction over
-    its reference (the first window after its last placement). min_gain: keep a re-plan only
-    if it lowers the window's ratio by at least this much. max_layers_per_cycle: cap per
-    cycle (None: no cap). move_penalty: cost of one moved slot in peak/avg units (see
-    :func:`flashlb.plan`). expert_bytes: weight bytes of one expert, to report transfers.
-    Other keyword options go to :func:`flashlb.plan`.
+    num_physical / num_devices: P slots on D devices. move_penalty: cost of one moved slot in
+    peak/avg units (see :func:`flashlb.plan`). max_moves_per_cycle / max_bytes_per_cycle: at
+    most this many slots, or weight bytes (needs ``expert_bytes``), changed per cycle in all,
+    spent where the gain per move is largest across layers (None: no cap). threshold:
+    re-plan a layer whose per-episode peak/avg exceeds it. degradation: or whose ratio grew
+    by this fraction over its reference (the first window after its last placement).
+    min_gain: keep a re-placed layer only if it lowers the window's ratio by at least this.
+    max_layers_per_cycle: cap per cycle (None: no cap), most gain first. expert_bytes:
+    weight bytes of one expert, to report transfers. Other keyword options go to
+    :func:`flashlb.plan`.
+
+    State (saved by :meth:`save`): ``reference`` [L] ratio in the first window after each
+    layer's last placement, valid where ``measured`` [L] is true; ``cycles``.
     """
 
-    def __init__(self, num_physical: int, num_devices: int, *, threshold: float = 1.08,
-                 degradation: float = 0.03, min_gain: float = 0.005,
-                 max_layers_per_cycle: int | None = None, move_penalty: float = 3e-4,
-                 expert_bytes: int | None = None, **plan_options):
+    def __init__(self, num_physical: int, num_devices: int, *, move_penalty: float = 5e-4,
+                 max_moves_per_cycle: int | None = None, max_bytes_per_cycle: int | None = None,
+                 threshold: float = 1.0, degradation: float = 0.0, min_gain: float = 0.0,
+                 max_layers_per_cycle: int | None = None, expert_bytes: int | None = None,
+                 **plan_options):
         self.num_physical = check_int(num_physical, "num_physical")
         self.num_devices = check_int(num_devices, "num_devices")
         for name, v in (("threshold", threshold), ("degradation", degradation), ("min_gain", min_gain)):
@@ -72,12 +80,28 @@ class Balancer:
         self.threshold = float(threshold)
         self.degradation = float(degradation)
         self.min_gain = float(min_gain)
-        self.max_layers = None if max_layers_per_cycle is None else check_int(max_layers_per_cycle, "max_layers_per_cycle")
         self.move_penalty = check_number(move_penalty, "move_penalty", maximum=1e6)
+        self.max_layers = None if max_layers_per_cycle is None else check_int(max_layers_per_cycle, "max_layers_per_cycle")
+        self.max_moves = _budget(max_moves_per_cycle, "max_moves_per_cycle")
+        self.max_bytes = _budget(max_bytes_per_cycle, "max_bytes_per_cycle")
         self.expert_bytes = None if expert_bytes is None else check_int(expert_bytes, "expert_bytes", 0)
+        if self.max_bytes is not None and not self.expert_bytes:
+            raise ValueError("max_bytes_per_cycle needs expert_bytes (the weight bytes of one expert) > 0")
+        for key in ("previous", "max_moves", "algorithm"):
+            if key in plan_options:
+                raise ValueError(f"Balancer sets {key!r} itself; it is not a plan option here")
         self.plan_options = plan_options
-        self.reference: torch.Tensor | None = None  # [L]; NaN: not measured since last placed
+        self.reference: torch.Tensor | None = None  # [L] ratio after the last placement
+        self.measured: torch.Tensor | None = None   # [L] bool: reference holds a measurement
         self.cycles = 0
+
+    @property
+    def moves_budget(self) -> int | None:
+        """Slots that one cycle may change: the smaller of the two budgets (None: no cap)."""
+        caps = [c for c in (self.max_moves,
+                            None if self.max_bytes is None else self.max_bytes // self.expert_bytes)
+                if c is not None]
+        return min(caps) if caps else None
 
     # ------------------------------------------------------------------ decisions
     def step(self, hotness: torch.Tensor, current: Placement) -> Update:
@@ -90,21 +114,25 @@ class Balancer:
         current = current.to("cpu")
         before = metrics.balance_ratio(current, h)
         if self.reference is None or self.reference.shape != (L,):
-            self.reference = torch.full((L,), float("nan"), dtype=torch.float64)
-        fresh = torch.isnan(self.reference)
-        self.reference = torch.where(fresh, before, self.reference)  # first window after placing
+            self.reference = torch.zeros(L, dtype=torch.float64)
+            self.measured = torch.zeros(L, dtype=torch.bool)
+        # The first window after a placement sets the layer's reference.
+        self.reference = torch.where(self.measured, self.reference, before)
+        self.measured = torch.ones(L, dtype=torch.bool)
         trigger = (before > self.threshold) | (before > self.reference * (1 + self.degradation))
         layers = trigger.nonzero().flatten()
         after = before.clone()
         new = current
         chosen = layers[:0]
-        if layers.numel():
+        budget = self.moves_budget
+        if layers.numel() and budget != 0:
             cand = plan(h[:, layers], self.num_physical, self.num_devices,
                         previous=current.select_layers(layers), move_penalty=self.move_penalty,
-                        **self.plan_options)
+                        max_moves=budget, **self.plan_options)
             ratio = metrics.balance_ratio(cand, h[:, layers])
             gain = before[layers] - ratio
-            keep = gain >= self.min_gain
+            moved = metrics.moves(current.select_layers(layers), cand) > 0
+            keep = moved & (gain >= self.min_gain)
             order = gain[keep].argsort(descending=True, stable=True)
             if self.max_layers is not None:
                 order = order[: self.max_layers]
@@ -113,7 +141,7 @@ class Balancer:
             if chosen.numel():
                 new = current.replace_layers(chosen, cand.select_layers(picked))
                 after[chosen] = ratio[picked]
-                self.reference[chosen] = float("nan")
+                self.measured[chosen] = False
         self.cycles += 1
         moves = metrics.moves(current, new)
         nbytes = None if self.expert_bytes is None else int(moves.sum()) * self.expert_bytes
@@ -121,20 +149,30 @@ class Balancer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """Everything needed to resume: references per layer and the cycle count."""
+        """Everything needed to resume: per-layer references, which are measured, cycles."""
         return {"reference": None if self.reference is None else self.reference.clone(),
+                "measured": None if self.measured is None else self.measured.clone(),
                 "cycles": self.cycles}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output; checked in full before anything changes."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
-        ref = state.get("reference")
-        if ref is not None and (not isinstance(ref, torch.Tensor) or ref.dim() != 1 or ref.is_meta
-                                or ref.layout != torch.strided or ref.is_complex()):
-            raise ValueError("state['reference'] must be a dense [L] real tensor or None")
-        cycles = state.get("cycles", 0)
+        ref, measured = state.get("reference"), state.get("measured")
+        if (ref is None) != (measured is None):
+            raise ValueError("state['reference'] and state['measured'] must both be given or both None")
+        if ref is not None:
+            if not isinstance(ref, torch.Tensor) or ref.dim() != 1 or ref.is_meta \
+                    or ref.layout != torch.strided or not ref.is_floating_point() \
+                    or not bool(torch.isfinite(ref).all()):
+                raise ValueError("state['reference'] must be a dense [L] tensor of finite ratios or None")
+            if not isinstance(measured, torch.Tensor) or measured.dtype != torch.bool \
+                    or measured.layout != torch.strided or measured.shape != ref.shape:
+                raise ValueError("state['measured'] must be a [L] bool tensor like state['reference']")
+        cycles = check_int(state.get("cycles", 0), "state['cycles']", 0)
         self.reference = None if ref is None else ref.to(torch.float64).clone()
-        self.cycles = check_int(cycles, "state['cycles']", 0)
+        self.measured = None if measured is None else measured.clone()
+        self.cycles = cycles
 
     def save(self, path) -> None:
         """Write the state atomically (a ``.pt`` of tensors and ints only)."""
@@ -147,9 +185,19 @@ class Balancer:
         Only a regular ``.pt`` file of sane size is opened; anything else is a ``ValueError``.
         """
         state = read_data(path, (".pt",))
-        if not isinstance(state, dict) or set(state) != {"reference", "cycles"}:
-            raise ValueError(f"{path}: not a Balancer state (a dict of 'reference' and 'cycles')")
+        if not isinstance(state, dict) or set(state) != {"reference", "measured", "cycles"}:
+            raise ValueError(f"{path}: not a Balancer state (a dict of 'reference', 'measured' "
+                             f"and 'cycles')")
         try:
             self.load_state_dict(state)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: {exc}") from None
+
+
+def _budget(value, name: str) -> int | None:
+    """A per-cycle budget: None (no cap) or an integer >= 0; NaN, floats and bools refused."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise ValueError(f"{name} must be an integer >= 0 or None, got {value!r}")
+    return check_int(value, name, 0)

@@ -27,6 +27,7 @@ from ..objective import allot_replicas, episode_weights, normalise_episodes, wei
 from ..placement import Placement
 from .allotment import all_allotments, best_allotments, refine_counts
 from .greedy import greedy_global, greedy_hierarchical, groups_to_nodes, nodes_to_layer
+from .replan import choose, replan, score_points
 from .scenarios import MAX_SCENARIOS, reduce_episodes
 from .search import joint_search
 
@@ -190,51 +191,42 @@ def plan_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int, *,
 
 def plan_near_previous(loads: torch.Tensor, weights: torch.Tensor, previous: Placement, *,
                        num_groups: int | None, num_nodes: int, move_penalty: float,
-                       settings: SearchSettings) -> torch.Tensor:
+                       settings: SearchSettings, max_moves: int | None = None) -> torch.Tensor:
     """A plan that weighs peak/avg against moves from ``previous`` -> phy2log [L, P].
 
     loads: [L, T, N], weights: [L, T]; previous: the placement in service (L layers, CPU).
-    Each layer scores ``weighted peak/avg + move_penalty * moved slots``.
+    Each layer keeps ``previous``, takes the fresh plan aligned to it, or a point between
+    them (:mod:`flashlb.solvers.replan`), whichever scores least on
+    ``weighted peak/avg + move_penalty * moved slots``; with ``max_moves`` the layers share
+    that many moved slots in all, spent where they gain most. Layers of ``previous`` that
+    hold an expert twice on a device take the fresh plan (aligned), outside the budget; with
+    nodes (hierarchical) each layer keeps or takes the fresh plan, as points between would
+    not keep groups on their nodes.
     """
     L, T, N = loads.shape
     P, D, M = previous.num_physical, previous.num_devices, num_nodes
-    old = previous.phy2log.to(torch.int64)
-    admissible = ~previous.has_duplicates()
-    if move_penalty > 0 and M == 1 and bool(admissible.all()):
-        # Moves cost: search from the placement in service (a fresh plan would move most slots).
-        return _search_from(previous, loads, weights, move_penalty, settings).phy2log
     fresh = plan_fresh(loads, weights, P, D, num_groups=num_groups, num_nodes=M,
                        settings=settings)
     fresh = align_to(Placement.from_phy2log(fresh, N, D), previous, M).phy2log
-    rows = admissible.nonzero().flatten()
-    if M > 1 or rows.numel() == 0:  # a warm search would not keep groups on their nodes
-        return fresh
-    close = _search_from(previous.select_layers(rows), loads[rows], weights[rows], move_penalty,
-                         settings).phy2log
-
-    def score(phy):
-        moved = (phy != old[rows]).sum(1).to(torch.float64)
-        return weighted_peak_ratio(phy, loads[rows], weights[rows], D) + (move_penalty + 1e-9) * moved
-
-    better = score(close) < score(fresh[rows])
-    out = fresh.clone()
-    out[rows[better]] = close[better]
-    return out
-
-
-def _search_from(previous: Placement, loads: torch.Tensor, weights: torch.Tensor,
-                 move_penalty: float, settings: SearchSettings) -> Placement:
-    """The search started from ``previous`` (duplicate-free), paying ``move_penalty`` per
-    moved slot, aligned back to it. loads [L, T, N], weights [L, T] of its layers."""
     old = previous.phy2log.to(torch.int64)
-    found = joint_search(loads, weights, init_slots=old, anchor=old,
-                         num_devices=previous.num_devices,
-                         slots_per_device=previous.slots_per_device,
-                         smoothing=settings.smoothing, move_penalty=move_penalty,
-                         perturb_rounds=settings.perturb_rounds, seed=settings.seed,
-                         time_limit=settings.time_left())
-    return align_to(Placement.from_phy2log(found.slots, loads.shape[2], previous.num_devices),
-                    previous)
+    doubled = previous.has_duplicates()
+    rows = (~doubled).nonzero().flatten()
+    if rows.numel() == 0:
+        return fresh
+    budget = None if max_moves is None else max(
+        int(max_moves) - int((fresh != old)[doubled].sum()), 0)
+    out = fresh.clone()
+    if M > 1:
+        cands = torch.stack([old[rows], fresh[rows]], 1)
+        objective, moves = score_points(cands, old[rows], loads[rows], weights[rows], D)
+        pick = choose(objective, moves, move_penalty, budget)
+        out[rows] = cands[torch.arange(rows.numel()), pick]
+        return out
+    out[rows] = replan(old[rows], fresh[rows], loads[rows], weights[rows], D,
+                       move_penalty=move_penalty, max_moves=budget,
+                       smoothing=settings.smoothing, seed=settings.seed,
+                       deadline=settings.deadline)
+    return out
 
 
 def greedy_fallback(phy2log: torch.Tensor, greedy: torch.Tensor, loads: torch.Tensor,
@@ -280,7 +272,7 @@ def _check_options(smoothing, move_penalty, perturb_rounds, seed, P, T) -> int:
 def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_groups=None,
           num_nodes: int = 1, time_budget: float | None = None, seed: int = 0,
           recency_half_life: float | None = None, previous: Placement | None = None,
-          move_penalty: float = 0.0, smoothing: float = 0.05,
+          move_penalty: float = 0.0, max_moves: int | None = None, smoothing: float = 0.05,
           perturb_rounds: int | None = None) -> Placement:
     """FlashLB placement for every layer.
 
@@ -290,6 +282,8 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
     Returns a duplicate-free Placement. Per layer, its score - the weighted per-episode
     peak/avg, plus ``move_penalty`` per slot moved from ``previous`` when given - is never
     above that of the default greedy's placement, wherever the latter is duplicate-free.
+    max_moves (with ``previous``): at most that many slots moved in all; the greedy's
+    placement, which ignores the budget, is then not a fallback.
     """
     start = time.perf_counter()
     T, L, N = hotness.shape
@@ -307,7 +301,10 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
     else:
         phy = plan_near_previous(scenario_loads, scenario_weights, previous,
                                  num_groups=num_groups, num_nodes=M,
-                                 move_penalty=float(move_penalty), settings=settings)
+                                 move_penalty=float(move_penalty), settings=settings,
+                                 max_moves=max_moves)
+        if max_moves is not None:
+            return Placement.from_phy2log(phy, N, D)
     summed = hotness.sum(0)
     greedy = (greedy_hierarchical(summed, P, num_groups, M, D) if M > 1
               else greedy_global(summed, P, D))

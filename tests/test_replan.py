@@ -1,0 +1,206 @@
+"""Move-aware re-planning (flashlb/solvers/replan.py) and plan(previous=..., max_moves=...)."""
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flashlb
+from flashlb import Placement, metrics
+from flashlb import align_to
+from flashlb.solvers import replan as R
+
+
+def window_objective(placement: Placement, h: torch.Tensor) -> torch.Tensor:
+    """[L] mean over loaded episodes of peak/avg, written apart from the solver's code."""
+    out = []
+    for layer in range(placement.num_layers):
+        phy = placement.phy2log[layer].tolist()
+        cnt = placement.logcnt[layer].tolist()
+        S = placement.slots_per_device
+        vals = []
+        for t in range(h.shape[0]):
+            loads = [sum(float(h[t, layer, e]) / cnt[e] for e in phy[d * S:(d + 1) * S])
+                     for d in range(placement.num_devices)]
+            avg = sum(loads) / len(loads)
+            if avg > 0:
+                vals.append(max(loads) / avg)
+        out.append(sum(vals) / len(vals) if vals else 1.0)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def normalised(h, D):
+    from flashlb.objective import episode_weights, normalise_episodes
+
+    return normalise_episodes(h, D, episode_weights(h.shape[0]))
+
+
+def random_placement(L, N, D, S, seed):
+    """A duplicate-free placement with every expert, not planned for any load."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.rand(L, N, generator=g, dtype=torch.float64) ** 4 + 0.01
+    return flashlb.plan(h, D * S, D)
+
+
+@st.composite
+def instances(draw):
+    D = draw(st.integers(2, 5))
+    S = draw(st.integers(1, 4))
+    N = draw(st.integers(max(S, 2), D * S))
+    L = draw(st.integers(1, 3))
+    T = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 10_000))
+    g = torch.Generator().manual_seed(seed)
+    skew = draw(st.sampled_from([0.5, 1.0, 3.0]))
+    h = torch.rand(T, L, N, generator=g, dtype=torch.float64) ** (1 + 3 * skew)
+    if draw(st.booleans()):  # hot and cold experts trade places
+        perm = torch.randperm(N, generator=g)
+        h = h[..., perm]
+    if draw(st.booleans()):
+        h[draw(st.integers(0, T - 1))] = 0  # an idle episode
+    return h, D, S, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.sampled_from([0.0, 1e-3, 0.02, 0.2]))
+def test_never_worse_than_keep_and_fresh_aligned(inst, penalty):
+    h, D, S, seed = inst
+    T, L, N = h.shape
+    P = D * S
+    old = random_placement(L, N, D, S, seed + 1)
+    new = flashlb.plan(h, P, D, previous=old, move_penalty=penalty).validate()
+    fresh = align_to(flashlb.plan(h, P, D), old)
+    cost = lambda p: window_objective(p, h) + penalty * metrics.moves(old, p).to(torch.float64)
+    ours, keep, theirs = cost(new), cost(old), cost(fresh)
+    assert bool((ours <= torch.minimum(keep, theirs) + 1e-9).all()), (ours, keep, theirs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.sampled_from([(0, 0.25, 0.5, 0.75, 1.0), (0.1, 0.9)]))
+def test_path_points_are_admissible_and_end_where_they_should(inst, fractions):
+    h, D, S, seed = inst
+    T, L, N = h.shape
+    old = random_placement(L, N, D, S, seed + 1)
+    fresh = align_to(flashlb.plan(h, D * S, D), old)
+    w, ew = normalised(h, D)
+    pts = R.path_points(old.phy2log, fresh.phy2log, w, ew, D, fractions)
+    assert pts.shape == (L, len(fractions), D * S)
+    for k, frac in enumerate(fractions):
+        p = Placement.from_phy2log(pts[:, k], N, D).validate()  # devices full, no doubles
+        assert int(p.logcnt.min()) >= 1
+        changed = metrics.moves(old, fresh)
+        got = metrics.moves(old, p)
+        if frac == 0:
+            assert torch.equal(p.phy2log, old.phy2log)
+        if frac == 1:
+            assert torch.equal(p.phy2log, fresh.phy2log)
+        # a point moves at most what it applies plus the replicas it gives back
+        assert bool((got <= changed + N).all())
+
+
+def test_a_half_way_point_completes_the_changes_that_keep_every_expert_placed():
+    # the two changes only work together: either alone leaves an expert without a replica,
+    # so the half-way point takes the pending change that places it again (a step forward)
+    old = torch.tensor([[0, 1, 2, 3]])
+    fresh = torch.tensor([[0, 2, 1, 3]])  # devices {0,1},{2,3} -> {0,2},{1,3}
+    h = torch.tensor([[[10.0, 10.0, 1.0, 1.0]]])
+    w, ew = normalised(h, 2)
+    pts = R.path_points(old, fresh, w, ew, 2, (0.0, 0.5, 1.0))
+    for k in range(3):
+        p = Placement.from_phy2log(pts[:, k], 4, 2).validate()
+        assert int(p.logcnt.min()) == 1
+    assert torch.equal(pts[0, 0], old[0]) and torch.equal(pts[0, 2], fresh[0])
+    assert torch.equal(pts[0, 1], fresh[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 4), st.integers(0, 40), st.integers(0, 1000),
+       st.sampled_from([0.0, 1e-3, 0.05]))
+def test_budgeted_choice_is_the_exact_knapsack(L, K, budget, seed, penalty):
+    g = torch.Generator().manual_seed(seed)
+    obj = torch.rand(L, K, generator=g, dtype=torch.float64) + 1
+    moves = torch.randint(0, 20, (L, K), generator=g)
+    moves[:, 0] = 0
+    pick = R.choose(obj, moves, penalty, budget)
+    score = obj + (penalty + 1e-9) * moves
+    total = lambda ks: sum(float(score[i, k]) for i, k in enumerate(ks))
+    spent = lambda ks: sum(int(moves[i, k]) for i, k in enumerate(ks))
+    feasible = [ks for ks in itertools.product(range(K), repeat=L) if spent(ks) <= budget]
+    best = min(total(ks) for ks in feasible)
+    assert spent(pick.tolist()) <= budget
+    assert total(pick.tolist()) <= best + 1e-12
+
+
+def test_budget_goes_where_a_move_gains_most_across_layers():
+    # layer 0: 10 moves gain 0.5; layer 1: 10 moves gain 0.05; budget for one of them
+    obj = torch.tensor([[1.5, 1.0], [1.05, 1.0]], dtype=torch.float64)
+    moves = torch.tensor([[0, 10], [0, 10]])
+    assert R.choose(obj, moves, 0.0, 10).tolist() == [1, 0]
+    obj = torch.tensor([[1.05, 1.0], [1.5, 1.0]], dtype=torch.float64)
+    assert R.choose(obj, moves, 0.0, 10).tolist() == [0, 1]
+
+
+def hot_cold_swap(seed=0, L=4, N=32, D=8, S=5, T=8):
+    """A window, then the same experts with their hot and cold ones traded."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(L, N, generator=g, dtype=torch.float64).exp() ** 1.5
+    h1 = torch.poisson(base.expand(T, L, N) * 200, generator=g)
+    order = base.argsort(-1, descending=True)
+    swapped = base.clone()
+    for layer in range(L):
+        hot, cold = order[layer, :4], order[layer, -4:]
+        swapped[layer, hot], swapped[layer, cold] = base[layer, cold], base[layer, hot]
+    h2 = torch.poisson(swapped.expand(T, L, N) * 200, generator=g)
+    return h1, h2, D * S, D
+
+
+def test_replan_leaves_the_old_basin_after_hot_experts_swap():
+    h1, h2, P, D = hot_cold_swap()
+    old = flashlb.plan(h1, P, D)
+    fresh = flashlb.plan(h2, P, D)
+    for penalty in (1e-4, 1e-3):
+        new = flashlb.plan(h2, P, D, previous=old, move_penalty=penalty)
+        r_new = metrics.balance_ratio(new, h2)
+        r_old = metrics.balance_ratio(old, h2)
+        r_fresh = metrics.balance_ratio(fresh, h2)
+        # most of the way to the fresh plan's balance in every layer
+        assert bool((r_new - r_fresh <= 0.25 * (r_old - r_fresh) + 1e-9).all())
+        assert bool((metrics.moves(old, new) > 0).all())
+
+
+def test_max_moves_caps_the_total_and_zero_keeps_everything():
+    h1, h2, P, D = hot_cold_swap(1)
+    old = flashlb.plan(h1, P, D)
+    free = flashlb.plan(h2, P, D, previous=old, move_penalty=1e-4)
+    need = int(metrics.moves(old, free).sum())
+    assert need > 0
+    for budget in (0, 3, need // 2, need):
+        new = flashlb.plan(h2, P, D, previous=old, move_penalty=1e-4, max_moves=budget).validate()
+        assert int(metrics.moves(old, new).sum()) <= budget
+    assert torch.equal(flashlb.plan(h2, P, D, previous=old, max_moves=0).phy2log, old.phy2log)
+    half = flashlb.plan(h2, P, D, previous=old, move_penalty=1e-4, max_moves=need // 2)
+    assert metrics.balance_ratio(half, h2).mean() < metrics.balance_ratio(old, h2).mean()
+
+
+def test_bad_previous_and_budgets_raise_before_any_work():
+    h = torch.rand(4, 2, 16, dtype=torch.float64)
+    old = flashlb.plan(h, 24, 4)
+    for kwargs, match in (
+            (dict(previous=old, max_moves=float("nan")), "max_moves"),
+            (dict(previous=old, max_moves=-1), "max_moves"),
+            (dict(previous=old, max_moves=2.0), "max_moves"),
+            (dict(previous=old, move_penalty=-0.1), "move_penalty"),
+            (dict(previous=old, move_penalty=float("nan")), "move_penalty"),
+            (dict(max_moves=5), "needs previous"),
+            (dict(previous=flashlb.plan(h, 32, 4)), "previous must place"),
+            (dict(previous=flashlb.plan(h[:, :1], 24, 4)), "previous must place")):
+        with pytest.raises(ValueError, match=match):
+            flashlb.plan(h, 24, 4, **kwargs)
+    missing = old.phy2log.clone()
+    missing[0][missing[0] == 3] = 4  # expert 3 is no longer placed
+    with pytest.raises(ValueError, match="no replica of expert 3"):
+        flashlb.plan(h, 24, 4, previous=Placement.from_phy2log(missing, 16, 4))
+    with pytest.raises(TypeError, match="move_penalty"):
+        flashlb.plan(h, 24, 4, previous=old, move_penalty="1e-3")
