@@ -204,3 +204,25 @@ def test_bad_previous_and_budgets_raise_before_any_work():
         flashlb.plan(h, 24, 4, previous=Placement.from_phy2log(missing, 16, 4))
     with pytest.raises(TypeError, match="move_penalty"):
         flashlb.plan(h, 24, 4, previous=old, move_penalty="1e-3")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_counts_point_takes_the_fresh_counts_with_few_moves(inst):
+    h, D, S, seed = inst
+    T, L, N = h.shape
+    old = random_placement(L, N, D, S, seed + 1)
+    fresh = align_to(flashlb.plan(h, D * S, D), old)
+    w, ew = normalised(h, D)
+    pt = Placement.from_phy2log(R.counts_point(old.phy2log, fresh.phy2log, w, ew, D), N, D)
+    pt.validate()
+    assert int(pt.logcnt.min()) >= 1
+    # each changed slot hands a replica from an expert that loses one to one that gains one
+    changed = (pt.logcnt - old.logcnt).abs().sum(1) // 2
+    assert torch.equal(metrics.moves(old, pt), changed)
+    lose = old.logcnt > fresh.logcnt
+    gain = old.logcnt < fresh.logcnt
+    assert bool((pt.logcnt[lose] <= old.logcnt[lose]).all() and (pt.logcnt[lose] >= fresh.logcnt[lose]).all())
+    assert bool((pt.logcnt[gain] >= old.logcnt[gain]).all() and (pt.logcnt[gain] <= fresh.logcnt[gain]).all())
+    unchanged = old.logcnt == fresh.logcnt
+    assert torch.equal(pt.logcnt[unchanged], old.logcnt[unchanged])

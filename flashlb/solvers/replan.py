@@ -2,9 +2,10 @@
 
 A fresh plan moves most slots; a local search started from the placement in service can stay
 stuck in the old basin once hot experts have traded places. Both are ends of one path: per
-layer, the fresh plan aligned to the one in service differs from it in C changed slots, and
-applying those changes in order of estimated gain per slot gives the points in between. Each
-point is made admissible (every expert keeps a replica), improved by the C++ local search at
+layer, the fresh plan aligned to the one in service differs from it in C changed slots. The
+first step on the way applies only the fresh replica counts (a hot expert's new replicas,
+the fewest moves that split its load); further points apply the changed slots in order of
+estimated gain per slot. Each point is made admissible (every expert keeps a replica), improved by the C++ local search at
 the given move penalty, and all points of all layers are scored at once in torch. A layer
 then takes the point that minimises window objective + ``move_penalty`` x moves, or, under a
 move budget, the points that minimise the sum of that over layers with total moves within
@@ -22,7 +23,7 @@ import torch
 
 from .search import joint_search
 
-__all__ = ["path_points", "score_points", "choose", "replan", "keep_slots", "PATH_FRACTIONS"]
+__all__ = ["counts_point", "path_points", "score_points", "choose", "replan", "keep_slots", "PATH_FRACTIONS"]
 
 # Points on the path, as fractions of the layer's changed slots (0: the search from the
 # placement in service; 1 is the fresh plan itself, always a candidate).
@@ -71,6 +72,61 @@ def _change_order(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: t
     order = gain.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(P).expand(L, P).contiguous())
     return torch.where(changed, rank, torch.full_like(rank, P))
+
+
+def counts_point(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Tensor,
+                 num_devices: int) -> torch.Tensor:
+    """The first step of the path: the fresh plan's replica counts, the old placement.
+
+    old, fresh: [L, P]; w [L, T, N], ew [L, T] -> [L, P]. Experts the fresh plan gives fewer
+    replicas hand theirs over, taken from the heaviest devices; experts it gives more take
+    them, heaviest expert first, each onto the lightest freed slot whose device lacks it (a
+    slot nobody can take gets its old expert back). These are the fewest moves that change
+    the counts, and counts are where a hot expert's load is split. Per layer on the host:
+    a few dozen slots change.
+    """
+    L, P = old.shape
+    N = w.shape[2]
+    D = num_devices
+    S = P // D
+    mean = (w * ew.unsqueeze(-1)).sum(1)  # [L, N]
+    c_old, c_new = _counts(old, N), _counts(fresh, N)
+    out = old.clone()
+    for layer in (c_old != c_new).any(1).nonzero().flatten().tolist():
+        phy, m = old[layer].tolist(), mean[layer].tolist()
+        co, cn = c_old[layer].tolist(), c_new[layer].tolist()
+        dev = [0.0] * D
+        where = [[] for _ in range(N)]
+        for p, e in enumerate(phy):
+            dev[p // S] += m[e] / co[e]
+            where[e].append(p)
+        held = [set(phy[d * S:(d + 1) * S]) for d in range(D)]
+        free = []
+        for e in range(N):
+            if cn[e] < co[e]:
+                free += sorted(where[e], key=lambda p: -dev[p // S])[: co[e] - cn[e]]
+        for p in free:
+            e = phy[p]
+            dev[p // S] -= m[e] / co[e]
+            held[p // S].discard(e)
+            phy[p] = -1
+        gaining = sorted((e for e in range(N) if cn[e] > co[e]), key=lambda e: -m[e])
+        for e in gaining:
+            for _ in range(cn[e] - co[e]):
+                opts = [p for p in free if phy[p] < 0 and e not in held[p // S]]
+                if not opts:
+                    break
+                p = min(opts, key=lambda q: dev[q // S])
+                phy[p] = e
+                held[p // S].add(e)
+                dev[p // S] += m[e] / cn[e]
+        for p in free:
+            if phy[p] < 0:  # nobody could take it: the old expert stays
+                phy[p] = int(old[layer, p])
+                held[p // S].add(phy[p])
+        out[layer] = torch.tensor(phy)
+    bad = (_counts(out, N) == 0).any(1) | _has_duplicates(out, N, D)
+    return torch.where(bad.unsqueeze(1), old, out)
 
 
 def path_points(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Tensor,
@@ -273,11 +329,13 @@ def replan(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Te
 
     old: [L, P] the placement in service (duplicate-free, every expert placed); fresh: [L, P]
     a fresh plan aligned to it; w [L, T, N] normalised loads, ew [L, T]. Candidates per
-    layer: keep, fresh, the path points (:func:`path_points`) as they are and improved by the
-    local search at ``move_penalty``; under a budget also the search from ``old`` at dearer
+    layer: keep, fresh, the path points (:func:`path_points`, and :func:`counts_point`, the
+    fresh counts on the old placement) as they are and improved by the local search at
+    ``move_penalty``; under a budget also the search from ``old`` at dearer
     moves (:data:`BUDGET_LADDER`), which gives the frontier its points with few moves.
     """
-    raw = path_points(old, fresh, w, ew, num_devices, fractions)  # [L, K, P]
+    raw = torch.cat([path_points(old, fresh, w, ew, num_devices, fractions),
+                     counts_point(old, fresh, w, ew, num_devices).unsqueeze(1)], 1)  # [L, K, P]
     near = dict(smoothing=smoothing, seed=seed, deadline=deadline)
     cands = [old.unsqueeze(1), fresh.unsqueeze(1), raw[:, 1:],
              _polish(raw, old, w, ew, num_devices, move_penalty, **near)]
