@@ -142,31 +142,32 @@ def test_budget_goes_where_a_move_gains_most_across_layers():
     assert R.choose(obj, moves, 0.0, 10).tolist() == [0, 1]
 
 
-def hot_cold_swap(seed=0, L=4, N=32, D=8, S=5, T=8):
-    """A window, then the same experts with their hot and cold ones traded."""
+def hot_cold_swap(seed=0, L=2, N=64, D=16, S=5, T=8, G=8):
+    """A window, then the same experts with their G hottest and G coldest traded."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(L, N, generator=g, dtype=torch.float64).exp() ** 1.5
     h1 = torch.poisson(base.expand(T, L, N) * 200, generator=g)
-    order = base.argsort(-1, descending=True)
     swapped = base.clone()
     for layer in range(L):
-        hot, cold = order[layer, :4], order[layer, -4:]
+        order = base[layer].argsort(descending=True)
+        hot, cold = order[:G], order[-G:]
         swapped[layer, hot], swapped[layer, cold] = base[layer, cold], base[layer, hot]
     h2 = torch.poisson(swapped.expand(T, L, N) * 200, generator=g)
     return h1, h2, D * S, D
 
 
-def test_replan_leaves_the_old_basin_after_hot_experts_swap():
-    h1, h2, P, D = hot_cold_swap()
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_replan_leaves_the_old_basin_after_hot_experts_swap(seed):
+    # The search from the placement in service alone stays 5-24% of the way short of the
+    # fresh plan's balance here; weighing the fresh plan and the points between closes it.
+    h1, h2, P, D = hot_cold_swap(seed)
     old = flashlb.plan(h1, P, D)
-    fresh = flashlb.plan(h2, P, D)
-    for penalty in (1e-4, 1e-3):
+    r_fresh = metrics.balance_ratio(flashlb.plan(h2, P, D), h2)
+    r_old = metrics.balance_ratio(old, h2)
+    for penalty in (1e-3, 3e-3):
         new = flashlb.plan(h2, P, D, previous=old, move_penalty=penalty)
         r_new = metrics.balance_ratio(new, h2)
-        r_old = metrics.balance_ratio(old, h2)
-        r_fresh = metrics.balance_ratio(fresh, h2)
-        # most of the way to the fresh plan's balance in every layer
-        assert bool((r_new - r_fresh <= 0.25 * (r_old - r_fresh) + 1e-9).all())
+        assert bool((r_new - r_fresh <= 0.04 * (r_old - r_fresh)).all())
         assert bool((metrics.moves(old, new) > 0).all())
 
 
