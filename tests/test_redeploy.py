@@ -180,7 +180,7 @@ def test_balancer_bad_input():
         Balancer(32, 4).step(torch.rand(2, 16), p)
     missing = p.phy2log.clone()
     missing[missing == 5] = 6
-    with pytest.raises(ValueError, match="every expert"):
+    with pytest.raises(ValueError, match="no replica"):
         Balancer(24, 4).step(torch.rand(2, 16), Placement.from_phy2log(missing, 16, 4))
     with pytest.raises(TypeError):
         Balancer(24, 4).step(torch.rand(2, 16), "placement")
