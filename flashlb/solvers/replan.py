@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from ..objective import weighted_peak_ratio
 from .search import joint_search
 
 __all__ = ["counts_point", "path_points", "score_points", "choose", "replan", "keep_slots", "PATH_FRACTIONS"]
@@ -40,14 +41,6 @@ def _counts(phy: torch.Tensor, N: int) -> torch.Tensor:
     """phy [B, P] -> replicas per expert [B, N] (int64)."""
     return torch.zeros(phy.shape[0], N, dtype=torch.int64).scatter_add_(
         1, phy, torch.ones_like(phy))
-
-
-def _device_loads(phy: torch.Tensor, w: torch.Tensor, D: int) -> torch.Tensor:
-    """phy [B, P], w [B, T, N] -> device loads [B, T, D] (a replica carries load / count)."""
-    B, T, N = w.shape
-    cnt = _counts(phy, N).to(w.dtype).clamp_min(1)
-    slot = (w / cnt.unsqueeze(1)).gather(2, phy.unsqueeze(1).expand(B, T, -1))
-    return slot.view(B, T, D, -1).sum(-1)
 
 
 def _change_order(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Tensor,
@@ -254,8 +247,8 @@ def score_points(points: torch.Tensor, old: torch.Tensor, w: torch.Tensor, ew: t
     L, K, P = points.shape
     T, N = w.shape[1], w.shape[2]
     wk = w.unsqueeze(1).expand(L, K, T, N).reshape(L * K, T, N)
-    loads = _device_loads(points.reshape(L * K, P), wk, num_devices)  # [L*K, T, D]
-    obj = (loads.amax(-1) * ew.repeat_interleave(K, 0)).sum(-1).view(L, K)
+    obj = weighted_peak_ratio(points.reshape(L * K, P), wk, ew.repeat_interleave(K, 0),
+                              num_devices).view(L, K)
     moves = (points != old.unsqueeze(1)).sum(-1)
     return obj, moves
 
