@@ -199,24 +199,26 @@ class Placement:
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:
-        """Write ``.json`` (SGLang's ``--init-expert-location`` form), ``.pt`` or ``.safetensors``.
+        """Write ``.json`` or ``.pt`` (both SGLang's ``--init-expert-location`` forms) or
+        ``.safetensors``, atomically.
 
-        The file is written atomically. ``.json`` holds only ``physical_to_logical_map`` (SGLang
-        passes every key to its constructor), so loading it back needs ``num_devices``.
+        ``.json`` and ``.pt`` hold only ``physical_to_logical_map`` (SGLang passes every key to
+        its constructor), so loading them back needs ``num_devices``. ``.safetensors`` (which
+        SGLang does not read) also holds ``num_devices`` and ``num_experts``.
         """
         path = Path(path)
         suffix = path.suffix.lower()
-        tensors = {"physical_to_logical_map": self.phy2log.cpu().contiguous(),
-                   "num_devices": torch.tensor(self.num_devices),
-                   "num_experts": torch.tensor(self.num_experts)}
+        phy = self.phy2log.cpu().contiguous()
         if suffix == ".json":
-            text = json.dumps({"physical_to_logical_map": self.phy2log.cpu().tolist()})
+            text = json.dumps({"physical_to_logical_map": phy.tolist()})
             atomic_write(path, lambda p: p.write_text(text))
         elif suffix == ".pt":
-            atomic_write(path, lambda p: torch.save(tensors, p))
+            atomic_write(path, lambda p: torch.save({"physical_to_logical_map": phy}, p))
         elif suffix == ".safetensors":
             from safetensors.torch import save_file
 
+            tensors = {"physical_to_logical_map": phy, "num_devices": torch.tensor(self.num_devices),
+                       "num_experts": torch.tensor(self.num_experts)}
             atomic_write(path, lambda p: save_file(tensors, str(p)))
         else:
             raise ValueError(f"path must end in .json, .pt or .safetensors, got {path.name!r}")
