@@ -1,17 +1,35 @@
 #!/usr/bin/env bash
 # Set up .venv at the repo root with torch (the CPU build, 2.13.0) and flashlb with its C++
-# extension; build the Ascend C kernels too where CANN is found. Safe to run again: the
-# extension is rebuilt only when host/ or setup.py changed.
+# extension; build the Ascend C kernels too where CANN is found; install the released vLLM and
+# SGLang wheels (without their dependencies) into .venv/upstream for the tests that run the
+# adapters through them. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 VENV=.venv
+TORCH_VERSION=${FLASHLB_TORCH_VERSION:-2.13.0}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
-# torch first, from its pinned CPU build; then the build and test tools; then flashlb itself
-# without build isolation, so the build uses this torch instead of fetching another one.
-pip_install torch==2.13.0
-pip_install numpy ninja "setuptools>=64" wheel safetensors pytest hypothesis matplotlib
+
+# torch, the CPU build by its exact name (the registry's default on Linux is a CUDA build):
+# 1. from the indexes and wheel folders pip is configured with (e.g. a local find-links);
+# 2. from PyTorch's CPU index; 3. else the registry's default build, said in one line.
+install_torch() {
+  local want="$TORCH_VERSION+cpu"
+  if "$VENV/bin/python" -c "import sys, torch; sys.exit(torch.__version__ != '$want')" 2>/dev/null; then
+    return
+  fi
+  pip_install "torch==$want" 2>/dev/null && return
+  pip_install --retries 1 --timeout 30 --index-url https://download.pytorch.org/whl/cpu \
+    "torch==$want" 2>/dev/null && return
+  echo "build.sh: no CPU build of torch $TORCH_VERSION reachable; installing the registry's default build"
+  pip_install "torch==$TORCH_VERSION"
+}
+install_torch
+pip_install numpy ninja "setuptools>=77" wheel safetensors pytest hypothesis matplotlib
+
+# flashlb itself, without build isolation: the extension is compiled against this torch, and
+# the installed package then requires exactly this torch.
 stamp="$VENV/.flashlb-build"
 want=$(cat setup.py pyproject.toml $(find host -type f | sort) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "import flashlb" 2>/dev/null; then
@@ -19,3 +37,22 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "impo
   echo "$want" > "$stamp"
 fi
 bash kernels/build_npu.sh
+
+# The serving stacks' released code for tests/test_integrations_upstream.py: the wheels without
+# their dependencies, plus the light libraries their EPLB modules import (pinned together).
+UPSTREAM=$VENV/upstream
+upstream_pkgs="vllm==0.33.0 sglang==0.5.23 pydantic==2.14.4 pydantic-core==2.50.5
+  annotated-types==0.8.0 typing-inspection==0.4.5 msgspec==0.22.0 regex==2026.11.19 psutil==7.2.2
+  orjson==3.13.0 cachetools==8.0.2 cloudpickle==3.1.3 cbor2==6.3.0 pyzmq==27.3.0 py-cpuinfo==9.0.0
+  pybase64==1.5.1 requests==2.34.2 urllib3==2.8.0 idna==3.20 charset-normalizer==3.5.3
+  certifi==2026.10.19.post1 tqdm==4.70.1 uvloop==0.23.0 prometheus-client==0.26.0"
+upstream_want=$(echo $upstream_pkgs | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$UPSTREAM/.flashlb-want" 2>/dev/null)" != "$upstream_want" ]; then
+  rm -rf "$UPSTREAM"
+  if pip_install --no-deps --target "$UPSTREAM" $upstream_pkgs 2>/dev/null; then
+    echo "$upstream_want" > "$UPSTREAM/.flashlb-want"
+  else
+    rm -rf "$UPSTREAM"
+    echo "build.sh: the vLLM/SGLang wheels could not be installed; their upstream tests will skip"
+  fi
+fi

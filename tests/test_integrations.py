@@ -1,7 +1,13 @@
-import json
+"""The adapters' contracts, without the stacks installed (test_integrations_upstream.py runs
+them through the stacks' own code)."""
 
+import json
+import pickle
+
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from flashlb import Placement
 from flashlb.integrations import logical_load
@@ -14,16 +20,90 @@ def loads(L=3, N=16, T=None, seed=0):
     return torch.rand(shape, generator=g, dtype=torch.float64) ** 3 * 100
 
 
-def test_vllm_policy_signature_and_old_placement():
-    w = loads()
-    phy2log, log2phy, logcnt = vllm.FlashLBEplbPolicy.rebalance_experts(w, 24, 1, 1, 4)
-    p = Placement(phy2log, log2phy, logcnt, 4).validate()
-    w2 = w.flip(-1)
-    phy2, _, _ = vllm.FlashLBEplbPolicy.rebalance_experts(w2, 24, 1, 1, 4, old_global_expert_indices=phy2log)
-    fresh, _, _ = vllm.FlashLBEplbPolicy.rebalance_experts(w2, 24, 1, 1, 4)
-    assert (phy2 != phy2log).sum() <= (fresh != phy2log).sum()
-    assert p.num_layers == 3
+# ------------------------------------------------------------------ vLLM
 
+def test_vllm_policy_returns_phy2log_on_cpu_and_keeps_experts_in_place():
+    w = loads()
+    phy = vllm.FlashLBEplbPolicy.rebalance_experts(w, 24, 4, 1, 4)
+    assert isinstance(phy, torch.Tensor) and phy.dtype == torch.int64 and phy.device.type == "cpu"
+    assert phy.shape == (3, 24)
+    Placement.from_phy2log(phy, 16, 4).validate()
+    w2 = w.flip(-1)
+    warm = vllm.FlashLBEplbPolicy.rebalance_experts(w2, 24, 4, 1, 4, old_global_expert_indices=phy)
+    fresh = vllm.FlashLBEplbPolicy.rebalance_experts(w2, 24, 4, 1, 4)
+    assert (warm != phy).sum() <= (fresh != phy).sum()
+    # callable on an instance too (instance-based policy APIs), with any constructor arguments
+    assert torch.equal(vllm.FlashLBEplbPolicy(object(), x=1).rebalance_experts(w, 24, 4, 1, 4), phy)
+
+
+def test_vllm_policy_elastic_old_maps_and_integer_loads():
+    w = (loads() * 10).to(torch.int64)       # vLLM's load window holds integer counts
+    phy = vllm.FlashLBEplbPolicy.rebalance_experts(w, 24, 4, 1, 4)
+    up_old = torch.cat([phy, torch.full((3, 12), -1, dtype=torch.int64)], 1)   # scale up 4 -> 6
+    up = vllm.FlashLBEplbPolicy.rebalance_experts(w, 36, 4, 1, 6, up_old)
+    Placement.from_phy2log(up, 16, 6).validate()
+    down = vllm.FlashLBEplbPolicy.rebalance_experts(w, 16, 4, 1, 2, up)         # wider old map
+    Placement.from_phy2log(down, 16, 2).validate()
+    assert vllm.FlashLBEplbPolicy.rebalance_experts(w, 24, 4, 1, 4, torch.zeros(3, 24, dtype=torch.int64)).shape == (3, 24)
+
+
+@pytest.mark.parametrize("groups, nodes, ranks", [(3, 2, 4), (5, 1, 4), (4, 3, 4), (0, 1, 4)])
+def test_vllm_policy_falls_back_to_global_when_groups_do_not_divide(groups, nodes, ranks):
+    w = loads(N=12)
+    phy = vllm.FlashLBEplbPolicy.rebalance_experts(w, 16, groups, nodes, ranks)
+    assert torch.equal(phy, vllm.FlashLBEplbPolicy.rebalance_experts(w, 16, 1, 1, ranks))
+
+
+def test_vllm_policy_bad_sizes_raise_value_and_assertion_error():
+    w = loads(N=4)
+    for args in [(7, 2, 2, 4), (3, 1, 1, 1), (8, 1, 1, 0)]:
+        with pytest.raises(vllm.EplbInputError) as e:
+            vllm.FlashLBEplbPolicy.rebalance_experts(w, *args)
+        assert isinstance(e.value, ValueError) and isinstance(e.value, AssertionError)
+    with pytest.raises(TypeError, match="weight"):
+        vllm.FlashLBEplbPolicy.rebalance_experts(w.numpy(), 8, 1, 1, 4)
+
+
+def test_vllm_tuple_policy_for_older_releases():
+    w = loads()
+    phy, l2p, cnt = vllm.FlashLBEplbPolicyTuple.rebalance_experts(w, 24, 4, 1, 4)
+    Placement(phy, l2p, cnt, 4).validate()
+    assert torch.equal(phy, vllm.FlashLBEplbPolicy.rebalance_experts(w, 24, 4, 1, 4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_preserve_intragpu_slots_keeps_staying_experts_in_their_slots(ranks, slots, L, seed):
+    rng = np.random.default_rng(seed)
+    N = 6
+    old = rng.integers(0, N, size=(L, ranks * slots))
+    new = rng.integers(0, N, size=(L, ranks * slots))
+    post = vllm.preserve_intragpu_slots(new, ranks, old)
+    assert isinstance(post, np.ndarray) and post.shape == new.shape
+    for layer in range(L):
+        for r in range(ranks):
+            o, n, p = (x[layer, r * slots:(r + 1) * slots] for x in (old, new, post))
+            assert sorted(p.tolist()) == sorted(n.tolist())
+            for s, e in enumerate(o.tolist()):
+                kept = min(o.tolist().count(e), n.tolist().count(e))
+                staying = [i for i, x in enumerate(o.tolist()) if x == e][:kept]
+                if s in staying:
+                    assert p[s] == e
+    t = vllm.preserve_intragpu_slots(torch.from_numpy(new), ranks, torch.from_numpy(old))
+    assert isinstance(t, torch.Tensor) and torch.equal(t, torch.from_numpy(post))
+
+
+def test_vllm_register_needs_vllm():
+    try:
+        import vllm as _  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError):
+            vllm.register()
+    else:
+        pytest.skip("vLLM is importable here; test_integrations_upstream covers register()")
+
+
+# ------------------------------------------------------------------ vllm-ascend
 
 def test_vllm_ascend_policy_contract():
     policy = vllm_ascend.FlashLBPolicy()
@@ -31,15 +111,45 @@ def test_vllm_ascend_policy_contract():
     g = torch.Generator().manual_seed(0)
     workload = torch.rand(5, 3, 4, 6, generator=g) * 100
     workload[:, 1, 0] *= 20  # layer 1: device 0 overloaded
-    changed, priority, new_table = policy.rebalance_experts(table, workload)
-    assert changed and 1 in priority
-    assert new_table.shape == table.shape
+    changed, priority, new_table = policy.rebalance_experts(table.to(torch.int32), workload)
+    assert changed is True and 1 in priority and all(isinstance(x, int) for x in priority)
+    assert new_table.shape == table.shape and new_table.dtype == torch.int64 and new_table.device.type == "cpu"
     Placement.from_device_view(new_table, 16).validate()
-    # state kept across calls; a 3-d workload (one stage) works too
+    # experts that stay on a device keep their slot (vllm-ascend's worker rejects a layer otherwise)
+    for layer in range(3):
+        for d in range(4):
+            old, new = table[layer, d], new_table[layer, d]
+            stay = torch.isin(new, old)
+            assert torch.equal(new[stay], old[stay])
+    # state kept across calls; a 3-d workload (one stage) works too; the policy pickles
     policy.rebalance_experts(new_table, workload[0])
     assert policy.balancer.cycles == 2
+    assert pickle.loads(pickle.dumps(policy)).balancer.cycles == 2
     with pytest.raises(ValueError, match="expert_workload"):
         policy.rebalance_experts(table, torch.rand(3, 4, 5))
+    with pytest.raises(ValueError, match="current_expert_table"):
+        policy.rebalance_experts(table.float(), workload)
+
+
+def test_vllm_ascend_balancer_options_pass_through():
+    policy = vllm_ascend.FlashLBPolicy(threshold=1.5, max_layers_per_cycle=1)
+    table = Placement.from_phy2log(torch.arange(24).remainder(16).repeat(3, 1), 16, 4).device_view()
+    workload = torch.rand(2, 3, 4, 6, generator=torch.Generator().manual_seed(1)) * 100
+    workload[:, :, 0] *= 50
+    _, priority, _ = policy.rebalance_experts(table, workload)
+    assert len(priority) <= 1 and policy.balancer.threshold == 1.5
+    env = {vllm_ascend.OPTIONS_ENV: '{"threshold": 1.2, "max_layers_per_cycle": 3}'}
+    assert vllm_ascend.balancer_options_from_env(env) == {"threshold": 1.2, "max_layers_per_cycle": 3}
+    assert vllm_ascend.balancer_options_from_env({}) == {}
+    for bad in ("[1, 2]", "{threshold: 1}"):
+        with pytest.raises(ValueError, match=vllm_ascend.OPTIONS_ENV):
+            vllm_ascend.balancer_options_from_env({vllm_ascend.OPTIONS_ENV: bad})
+
+
+def test_vllm_ascend_plugin_is_off_unless_asked():
+    vllm_ascend.plugin({})                       # nothing happens, nothing is imported
+    with pytest.raises(ValueError, match="threshold"):
+        vllm_ascend.plugin({vllm_ascend.ENABLE_ENV: "1", vllm_ascend.OPTIONS_ENV: '{"threshold": 0.5}'})
 
 
 def test_logical_load_sums_replicas():
@@ -50,12 +160,45 @@ def test_logical_load_sums_replicas():
         logical_load(torch.ones(2, 3), table)
 
 
-def test_sglang_algorithm_and_init_file(tmp_path):
+# ------------------------------------------------------------------ SGLang
+
+def test_sglang_algorithm_returns_cpu_int64_and_ignores_sglang_algorithm_value():
     t = loads(T=4)
-    phy, l2p, cnt = sglang.rebalance_experts(t, 24, 6, None, 1)
+    phy, l2p, cnt = sglang.rebalance_experts(t, 24, 6, None, 1, algorithm=object())
+    for x in (phy, l2p, cnt):
+        assert x.device.type == "cpu" and x.dtype == torch.int64
     Placement(phy, l2p, cnt, 4).validate()
-    path = sglang.write_init_expert_location(tmp_path / "loc.json", t, 24, 6)
-    data = json.loads(path.read_text())
-    assert list(data) == ["physical_to_logical_map"] and torch.equal(torch.tensor(data["physical_to_logical_map"]), phy)
+    phy2, _, _ = sglang.rebalance_experts(t, 24, 6, None, 1, plan_options={"seed": 0})
+    assert torch.equal(phy, phy2)
+    with pytest.raises(ValueError, match="plan_options"):
+        sglang.rebalance_experts(t, 24, 6, None, 1, plan_options={"algorithm": "default"})
     with pytest.raises(ValueError, match="num_local_physical_experts"):
         sglang.rebalance_experts(t, 24, 5, None, 1)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".pt"])
+def test_sglang_init_file_holds_only_what_sglang_accepts(tmp_path, suffix):
+    t = loads(T=4)
+    phy, _, _ = sglang.rebalance_experts(t, 24, 6, None, 1)
+    path = sglang.write_init_expert_location(tmp_path / f"loc{suffix}", t, 24, 6)
+    if suffix == ".json":
+        data = json.loads(path.read_text())
+        assert torch.equal(torch.tensor(data["physical_to_logical_map"]), phy)
+    else:
+        data = torch.load(path, weights_only=True)
+        assert torch.equal(data["physical_to_logical_map"], phy)
+    assert list(data) == ["physical_to_logical_map"]
+    assert Placement.load(path, num_devices=4).phy2log.equal(phy)
+
+
+def test_sglang_init_file_refuses_formats_sglang_cannot_read(tmp_path):
+    with pytest.raises(ValueError, match=".json or .pt"):
+        sglang.write_init_expert_location(tmp_path / "loc.safetensors", loads(T=2), 24, 6)
+    assert not list(tmp_path.iterdir())
+
+
+def test_safetensors_placement_keeps_its_sizes(tmp_path):
+    p = Placement.from_phy2log(torch.tensor([[0, 1, 2, 3, 0, 1]]), 4, 3)
+    p.save(tmp_path / "p.safetensors")
+    q = Placement.load(tmp_path / "p.safetensors")       # no num_devices: read from the metadata
+    assert q == p and q.num_devices == 3

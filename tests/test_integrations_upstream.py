@@ -400,7 +400,16 @@ def test_sglang_dispatch_reaches_flashlb_after_install(tmp_path):
             pass                                    # SGLang alone does not know the name
         else:
             raise AssertionError("flashlb reached before install")
-        fs.install()
+        # SGLang's plugin loader runs what the entry point names, in every server process
+        import tomllib
+        ep = tomllib.loads(Path("pyproject.toml").read_text())["project"]["entry-points"]["sglang.srt.plugins"]["flashlb"]
+        assert ep == "flashlb.integrations.sglang:plugin", ep
+        from sglang.srt import plugins as sp
+        import importlib
+        sp.entry_points = lambda group: [SimpleNamespace(name="flashlb", value=ep, dist=None,
+                                                         load=lambda: getattr(importlib.import_module(ep.split(":")[0]), ep.split(":")[1]))] \
+            if group == sp.GENERAL_PLUGINS_GROUP else []
+        sp.load_plugins()
         fs.install()                                # idempotent
         meta = el.compute_initial_expert_location_metadata(model_config=None, moe_ep_rank=0)
         want = plan(counts, P, D, num_groups=4, num_nodes=1)

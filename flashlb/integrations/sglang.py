@@ -11,12 +11,15 @@ ignored; flashlb's options travel separately (``plan_options``).
 SGLang's algorithms are an enum plus an if-chain; :func:`install` wraps the two functions the
 server calls (``compute_algorithm`` and ``rebalance_experts`` of
 ``sglang.srt.eplb.eplb_algorithms``) so ``--eplb-algorithm flashlb`` reaches flashlb and every
-other name reaches SGLang unchanged. Offline: :func:`write_init_expert_location` writes the
+other name reaches SGLang unchanged. SGLang runs its general plugins (entry point group
+``sglang.srt.plugins``) early in every server process; flashlb's entry point there calls
+:func:`install` (harmless until ``--eplb-algorithm flashlb`` asks for it). Offline: :func:`write_init_expert_location` writes the
 ``.json`` or ``.pt`` file SGLang's loader reads.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -24,9 +27,11 @@ import torch
 from ..api import plan
 from ..placement import Placement
 
-__all__ = ["ALGORITHM_NAME", "FLASHLB", "rebalance_experts", "install", "write_init_expert_location"]
+__all__ = ["ALGORITHM_NAME", "FLASHLB", "rebalance_experts", "install", "plugin",
+           "write_init_expert_location"]
 
 ALGORITHM_NAME = "flashlb"
+logger = logging.getLogger(__name__)
 INIT_SUFFIXES = (".json", ".pt")
 
 
@@ -104,6 +109,14 @@ def install(plan_options: dict | None = None, name: str = ALGORITHM_NAME) -> Non
     dispatch._flashlb_original = original_rebalance
     algos.compute_algorithm = compute_algorithm
     algos.rebalance_experts = dispatch
+
+
+def plugin() -> None:
+    """The ``sglang.srt.plugins`` entry point: :func:`install`, never breaking start-up."""
+    try:
+        install()
+    except Exception as exc:  # an SGLang whose EPLB layout this version does not know
+        logger.warning("flashlb: could not plug into SGLang's EPLB dispatch: %s", exc)
 
 
 def write_init_expert_location(path, tokens_per_expert: torch.Tensor, num_physical_experts: int,
