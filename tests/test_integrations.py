@@ -3,6 +3,7 @@ them through the stacks' own code)."""
 
 import json
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -202,3 +203,16 @@ def test_safetensors_placement_keeps_its_sizes(tmp_path):
     p.save(tmp_path / "p.safetensors")
     q = Placement.load(tmp_path / "p.safetensors")       # no num_devices: read from the metadata
     assert q == p and q.num_devices == 3
+
+
+def test_import_refuses_a_torch_other_than_the_build_torch(monkeypatch):
+    import types
+
+    import flashlb
+
+    monkeypatch.setitem(sys.modules, "flashlb._build_info", types.SimpleNamespace(TORCH_VERSION="2.0.1+cpu"))
+    with pytest.raises(ImportError, match=r"built against torch 2\.0\.1\+cpu.*rebuild"):
+        flashlb._check_torch()
+    local = torch.__version__.split("+")[0] + "+cu999"     # another build of the same release is fine
+    monkeypatch.setitem(sys.modules, "flashlb._build_info", types.SimpleNamespace(TORCH_VERSION=local))
+    flashlb._check_torch()
