@@ -336,9 +336,13 @@ def test_adapters_refuse_a_bad_placement_in_service():
 
     w = torch.rand(1, 4, dtype=torch.float64) + 0.1
     for old in (torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1]]), torch.tensor([[0, 1, 2, 3, 0, 1, 2, 4]]),
-                torch.tensor([[0, 1, 2, 3, 0, 1, 2, -1]]), torch.tensor([[0.0, 1, 2, 3, 0, 1, 2, 3]])):
+                torch.tensor([[0, 1, 2, 3, 0, 1, 2, -2]]), torch.tensor([[0.0, 1, 2, 3, 0, 1, 2, 3]])):
         with pytest.raises(ValueError):
             vllm.FlashLBEplbPolicy.rebalance_experts(w, 8, 1, 1, 2, old_global_expert_indices=old)
+    # -1 is no damage in vLLM's contract: elastic EP marks the slots of added ranks with it
+    elastic = torch.tensor([[0, 1, 2, 3, 0, 1, 2, -1]])
+    phy = vllm.FlashLBEplbPolicy.rebalance_experts(w, 8, 1, 1, 2, old_global_expert_indices=elastic)
+    Placement.from_phy2log(phy, 4, 2).validate()
     table = torch.tensor([[[0, 1, 3, 0], [1, 3, 0, 1]]])  # expert 2 has no replica
     with pytest.raises(ValueError):
         vllm_ascend.FlashLBPolicy().rebalance_experts(table, torch.rand(1, 1, 2, 4))

@@ -45,7 +45,10 @@ def test_vllm_policy_elastic_old_maps_and_integer_loads():
     Placement.from_phy2log(up, 16, 6).validate()
     down = vllm.FlashLBEplbPolicy.rebalance_experts(w, 16, 4, 1, 2, up)         # wider old map
     Placement.from_phy2log(down, 16, 2).validate()
-    assert vllm.FlashLBEplbPolicy.rebalance_experts(w, 24, 4, 1, 4, torch.zeros(3, 24, dtype=torch.int64)).shape == (3, 24)
+    # corrupt rather than elastic: a full map that drops experts, ids out of range, floats
+    for bad in (torch.zeros(3, 24, dtype=torch.int64), torch.full((3, 24), 16), phy.double()):
+        with pytest.raises(ValueError, match="old_global_expert_indices"):
+            vllm.FlashLBEplbPolicy.rebalance_experts(w, 24, 4, 1, 4, bad)
 
 
 @pytest.mark.parametrize("groups, nodes, ranks", [(3, 2, 4), (5, 1, 4), (4, 3, 4), (0, 1, 4)])

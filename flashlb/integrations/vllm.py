@@ -50,19 +50,28 @@ def _previous(old: torch.Tensor | None, L: int, N: int, P: int, D: int) -> Place
 
     Elastic EP hands over maps of another width (ranks added or removed) or with -1 in slots
     that hold no expert yet; such a map is no placement of the new shape, so the plan starts
-    fresh (vLLM's own policy likewise only re-slots when the shape is unchanged).
+    fresh (vLLM's own policy likewise only re-slots when the shape is unchanged). A map that
+    is corrupt rather than elastic - not integer, ids outside [-1, N), another layer count, or
+    a full map (no -1) that leaves an expert without a replica - is a ValueError.
     """
     if old is None:
         return None
-    old = torch.as_tensor(old).cpu()
-    if old.dim() != 2 or tuple(old.shape) != (L, P) or old.dtype.is_floating_point:
-        return None
+    if not isinstance(old, torch.Tensor):
+        raise TypeError(f"old_global_expert_indices must be a torch.Tensor, got {type(old).__name__}")
+    old = old.detach().cpu()
+    if old.dim() != 2 or old.shape[0] != L:
+        raise EplbInputError(f"old_global_expert_indices must be [{L}, P_old], got {tuple(old.shape)}")
+    if old.dtype.is_floating_point or old.dtype == torch.bool or old.is_complex():
+        raise EplbInputError(f"old_global_expert_indices must hold integer expert ids, got {old.dtype}")
     old = old.to(torch.int64)
-    if bool((old < 0).any()) or bool((old >= N).any()):
-        return None
+    if old.numel() and (int(old.min()) < -1 or int(old.max()) >= N):
+        raise EplbInputError(f"old_global_expert_indices holds an id outside [-1, {N})")
+    if tuple(old.shape) != (L, P) or bool((old < 0).any()):
+        return None  # elastic EP: ranks added or removed
     p = Placement.from_phy2log(old, N, D)
     if bool((p.logcnt == 0).any()):
-        return None
+        layer, expert = (p.logcnt == 0).nonzero()[0].tolist()
+        raise EplbInputError(f"old_global_expert_indices leaves expert {expert} of layer {layer} without a replica")
     return p
 
 
