@@ -1,9 +1,14 @@
-"""Drop-in policies for serving stacks. None of them imports its stack: each mirrors the
-published signature, so flashlb stays installable without vLLM, vllm-ascend or SGLang.
+"""Drop-in policies for serving stacks. No stack is a dependency: each adapter follows its
+stack's published contract, imports the stack only where it plugs into it (registration,
+install functions), and flashlb stays installable without vLLM, vllm-ascend or SGLang.
 
-- :class:`flashlb.integrations.vllm.FlashLBEplbPolicy` - vLLM's EPLB policy interface.
-- :class:`flashlb.integrations.vllm_ascend.FlashLBPolicy` - vllm-ascend's dynamic-EPLB policy.
-- :func:`flashlb.integrations.sglang.rebalance_experts` - an SGLang EPLB algorithm function.
+- :class:`flashlb.integrations.vllm.FlashLBEplbPolicy` - vLLM's EPLB policy (an
+  ``AbstractEplbPolicy`` where vLLM is importable); ``vllm.plugin`` is the
+  ``vllm.general_plugins`` entry point.
+- :class:`flashlb.integrations.vllm_ascend.FlashLBPolicy` - vllm-ascend's dynamic-EPLB policy,
+  served in its multi-stage slot (type 3) by the same plugin when ``FLASHLB_VLLM_ASCEND=1``.
+- :func:`flashlb.integrations.sglang.rebalance_experts` - an SGLang EPLB algorithm;
+  ``sglang.install`` / the ``sglang.srt.plugins`` entry point plug it into SGLang's dispatch.
 """
 
 from __future__ import annotations
