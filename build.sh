@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Set up .venv at the repo root with torch (the CPU build, 2.13.0) and flashlb with its C++
-# extension; build the Ascend C kernels too where CANN is found; install the released vLLM and
-# SGLang wheels (without their dependencies) into .venv/upstream for the tests that run the
-# adapters through them. Safe to run again: each step is skipped when already done.
+# extension; build the Ascend C kernels too where CANN is found. With --test, also install the
+# released vLLM and SGLang wheels (without their dependencies) into .venv/upstream for the tests
+# that run the adapters through them. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")"
+case "${1:-}" in
+  "") WITH_TESTS=0 ;;
+  --test) WITH_TESTS=1 ;;
+  *) echo "build.sh: unknown argument '$1' (usage: bash build.sh [--test])" >&2; exit 2 ;;
+esac
 PY=${PYTHON:-python3}
 VENV=.venv
 TORCH_VERSION=${FLASHLB_TORCH_VERSION:-2.13.0}
@@ -38,6 +43,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "impo
 fi
 bash kernels/build_npu.sh
 
+[ "$WITH_TESTS" = 1 ] || exit 0
 # The serving stacks' released code for tests/test_integrations_upstream.py: the wheels without
 # their dependencies, plus the light libraries their EPLB modules import (pinned together).
 UPSTREAM=$VENV/upstream

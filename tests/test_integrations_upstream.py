@@ -4,8 +4,9 @@ vllm-ascend (main).
 build.sh installs the vLLM and SGLang wheels without their dependencies into
 ``.venv/upstream`` (override: FLASHLB_UPSTREAM), with the few light libraries their modules
 import. vllm-ascend is not on the registry: its sources are read from
-``<nearest ancestor>/cache/vllm-ascend`` (override: FLASHLB_VLLM_ASCEND_SRC), and vLLM's
-``tests/distributed/test_eplb_algo.py`` from ``.../cache/vllm-tests`` (FLASHLB_VLLM_TESTS);
+``~/.cache/flashlb/vllm-ascend`` or ``<nearest ancestor>/cache/vllm-ascend`` (override:
+FLASHLB_VLLM_ASCEND_SRC), and vLLM's ``tests/distributed/test_eplb_algo.py`` from
+``.../vllm-tests`` beside it (FLASHLB_VLLM_TESTS);
 tests that need what is absent skip with one line.
 
 Each check runs in its own interpreter, so upstream imports and the patches under test never
@@ -31,8 +32,8 @@ def _cache_dir(env: str, name: str) -> Path | None:
     if os.environ.get(env):
         p = Path(os.environ[env])
         return p if p.exists() else None
-    for parent in REPO.parents:
-        p = parent / "cache" / name
+    # The same cache folder as kernels/check_headers.sh, then a cache beside a parent checkout.
+    for p in [Path.home() / ".cache" / "flashlb" / name] + [d / "cache" / name for d in REPO.parents]:
         if p.exists():
             return p
     return None
