@@ -1,4 +1,23 @@
-"""Synthetic expert-load traces: skewed, drifting, noisy, reproducible from a seed."""
+"""Synthetic expert-load traces: skewed, drifting, noisy, reproducible from a seed.
+
+Every trace is per-episode token counts ``[T, L, N]`` (float64, integer-valued). A trace is
+built in two steps: a *popularity path* ``logits [T, L, N]`` (how each expert's log-popularity
+evolves under a drift regime), then :func:`sample_counts` (episode noise in log space and
+Poisson tokens), so the regimes differ only in how popularity moves:
+
+| regime | what moves |
+| --- | --- |
+| ``stationary`` | nothing: one popularity per layer, episodes differ by noise only |
+| ``drift`` | a slow random walk of every expert's log-popularity |
+| ``swaps`` | at random moments a hot group of experts trades places with a cold group |
+| ``bursts`` | short surges: a few experts turn hot for a few episodes, then cool down |
+| ``switch`` | one workload switch, prefill-like (flatter) to decode-like (skewed, other hot set) |
+
+Experts move in correlated groups (``group_size`` consecutive experts share a group factor),
+as experts trained on related tokens do. :func:`regime_trace` builds any regime by name; the
+defaults are whole-model sizes (DeepSeek-V3: 58 MoE layers x 256 experts) and one episode of
+16 steps x 4096 tokens x top-8.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +25,12 @@ import torch
 
 from ._checks import check_int
 
-__all__ = ["drifting_trace", "small_instance", "SMALL_KINDS"]
+__all__ = ["drifting_trace", "small_instance", "SMALL_KINDS", "regime_trace", "REGIMES", "popularity",
+           "sample_counts", "stationary_trace", "drift_trace", "swap_trace", "burst_trace", "switch_trace"]
+
+REGIMES = ("stationary", "drift", "swaps", "bursts", "switch")
+
+TOKENS_PER_EPISODE = 16 * 4096 * 8  # 16 steps x 4096 tokens x top-8
 
 
 def drifting_trace(num_episodes: int, num_layers: int, num_experts: int, *,
@@ -72,3 +96,174 @@ def small_instance(seed: int, *, max_slots: int = 12) -> tuple[torch.Tensor, int
         h = u * 100
         h[0] = 0
     return h, P, D, kind
+
+
+# ---------------------------------------------------------------------- building blocks
+def _check_sizes(num_episodes, num_layers, num_experts, group_size):
+    T = check_int(num_episodes, "num_episodes")
+    L = check_int(num_layers, "num_layers")
+    N = check_int(num_experts, "num_experts")
+    G = check_int(group_size, "group_size")
+    if N % G != 0:
+        raise ValueError(f"group_size={G} must divide num_experts={N}")
+    return T, L, N, G
+
+
+def _check_float(value, name: str, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+            or value in (float("inf"), float("-inf")) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def popularity(num_layers: int, num_experts: int, g: torch.Generator, *, skew: float,
+               group_size: int, group_share: float = 0.5) -> torch.Tensor:
+    """Log-popularity ``[L, N]`` with spread ``skew``: a group factor shared by each block of
+    ``group_size`` consecutive experts (fraction ``group_share`` of the variance) plus an own
+    factor, so hot experts cluster in groups."""
+    L, N, G = num_layers, num_experts, group_size
+    shared = torch.randn(L, N // G, generator=g, dtype=torch.float64).repeat_interleave(G, 1)
+    own = torch.randn(L, N, generator=g, dtype=torch.float64)
+    return skew * (group_share ** 0.5 * shared + (1 - group_share) ** 0.5 * own)
+
+
+def sample_counts(logits: torch.Tensor, g: torch.Generator, *, noise: float,
+                  tokens_per_episode: int) -> torch.Tensor:
+    """Token counts ``[T, L, N]`` from a popularity path ``logits [T, L, N]``: per-episode
+    log-normal noise of spread ``noise`` (what differs between episodes of one regime), then
+    Poisson tokens of ``tokens_per_episode`` per layer and episode."""
+    noisy = logits + noise * torch.randn(logits.shape, generator=g, dtype=torch.float64)
+    p = torch.softmax(noisy, dim=-1)
+    return torch.poisson(p * float(tokens_per_episode), generator=g)
+
+
+def _swap_groups(logit: torch.Tensor, layer: int, hot: int, cold: int, G: int) -> None:
+    """In place: experts of group ``hot`` and group ``cold`` of one layer trade popularities."""
+    a = slice(hot * G, (hot + 1) * G)
+    b = slice(cold * G, (cold + 1) * G)
+    tmp = logit[layer, a].clone()
+    logit[layer, a] = logit[layer, b]
+    logit[layer, b] = tmp
+
+
+# ---------------------------------------------------------------------- popularity paths
+def stationary_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
+                     skew: float = 0.8, noise: float = 0.15, group_size: int = 8,
+                     tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0) -> torch.Tensor:
+    """``[T, L, N]``: a fixed popularity per layer; episodes differ by noise only."""
+    T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
+    g = torch.Generator().manual_seed(int(seed))
+    base = popularity(L, N, g, skew=_check_float(skew, "skew"), group_size=G)
+    return sample_counts(base.expand(T, L, N), g, noise=_check_float(noise, "noise"),
+                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+
+
+def drift_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
+                skew: float = 0.8, drift: float = 0.05, noise: float = 0.15, group_size: int = 8,
+                tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0) -> torch.Tensor:
+    """``[T, L, N]``: every expert's log-popularity takes a random-walk step of spread
+    ``drift`` per episode, half of it shared by its group (groups drift together)."""
+    T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
+    g = torch.Generator().manual_seed(int(seed))
+    d = _check_float(drift, "drift")
+    base = popularity(L, N, g, skew=_check_float(skew, "skew"), group_size=G)
+    steps = torch.stack([popularity(L, N, g, skew=d, group_size=G) for _ in range(T)])
+    return sample_counts(base + steps.cumsum(0), g, noise=_check_float(noise, "noise"),
+                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+
+
+def swap_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
+               skew: float = 0.8, swap_rate: float = 0.08, noise: float = 0.15,
+               group_size: int = 8, tokens_per_episode: int = TOKENS_PER_EPISODE,
+               seed: int = 0) -> torch.Tensor:
+    """``[T, L, N]``: hot/cold swaps. In each episode each layer, with probability
+    ``swap_rate``, has one of its hottest groups (drawn by popularity) trade places with a
+    group drawn at random: the old hot experts cool down, the new ones stay hot until the
+    next swap. Between swaps popularity holds still (plus the episode noise)."""
+    T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
+    g = torch.Generator().manual_seed(int(seed))
+    rate = _check_float(swap_rate, "swap_rate")
+    if rate > 1:
+        raise ValueError(f"swap_rate must be a probability in [0, 1], got {swap_rate!r}")
+    logit = popularity(L, N, g, skew=_check_float(skew, "skew"), group_size=G)
+    path = torch.empty(T, L, N, dtype=torch.float64)
+    K = N // G
+    for t in range(T):
+        events = (torch.rand(L, generator=g, dtype=torch.float64) < rate).nonzero().flatten()
+        for layer in events.tolist():
+            heat = torch.softmax(logit[layer].view(K, G).logsumexp(-1) * 2.0, 0)
+            hot = int(torch.multinomial(heat, 1, generator=g))
+            cold = int(torch.randint(K - 1, (1,), generator=g))
+            _swap_groups(logit, layer, hot, cold + (cold >= hot), G)
+        path[t] = logit
+    return sample_counts(path, g, noise=_check_float(noise, "noise"),
+                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+
+
+def burst_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
+                skew: float = 0.8, burst_rate: float = 0.15, burst_size: float = 1.5,
+                burst_len: int = 3, noise: float = 0.15, group_size: int = 8,
+                tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0) -> torch.Tensor:
+    """``[T, L, N]``: a stationary popularity plus surges. In each episode each layer, with
+    probability ``burst_rate``, has one group (drawn at random) gain ``burst_size`` in
+    log-popularity, decaying linearly to nothing over ``burst_len`` episodes."""
+    T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
+    g = torch.Generator().manual_seed(int(seed))
+    rate = _check_float(burst_rate, "burst_rate")
+    if rate > 1:
+        raise ValueError(f"burst_rate must be a probability in [0, 1], got {burst_rate!r}")
+    size = _check_float(burst_size, "burst_size")
+    span = check_int(burst_len, "burst_len")
+    base = popularity(L, N, g, skew=_check_float(skew, "skew"), group_size=G)
+    K = N // G
+    onset = (torch.rand(T, L, generator=g, dtype=torch.float64) < rate).to(torch.float64)
+    group = torch.randint(K, (T, L), generator=g)
+    kick = torch.zeros(T, L, K, dtype=torch.float64).scatter_(2, group.unsqueeze(-1), onset.unsqueeze(-1))
+    surge = torch.zeros_like(kick)
+    for age in range(span):  # a burst started `age` episodes ago still adds (1 - age/span)
+        surge[age:] += kick[: T - age] * (1 - age / span)
+    path = base + size * surge.repeat_interleave(G, 2)
+    return sample_counts(path, g, noise=_check_float(noise, "noise"),
+                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+
+
+def switch_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
+                 prefill_skew: float = 0.5, decode_skew: float = 1.0, overlap: float = 0.3,
+                 switch_at: float | None = None, noise: float = 0.15, group_size: int = 8,
+                 tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0) -> torch.Tensor:
+    """``[T, L, N]``: a workload switch. Prefill-like popularity (flatter, spread
+    ``prefill_skew``) until episode ``switch_at * T`` (None: drawn in the middle half of the
+    trace), decode-like after (spread ``decode_skew``; correlation ``overlap`` with the
+    prefill profile, so mostly other experts are hot)."""
+    T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
+    g = torch.Generator().manual_seed(int(seed))
+    ov = _check_float(overlap, "overlap")
+    if ov > 1:
+        raise ValueError(f"overlap must be in [0, 1], got {overlap!r}")
+    unit_a = popularity(L, N, g, skew=1.0, group_size=G)
+    unit_b = ov * unit_a + (1 - ov * ov) ** 0.5 * popularity(L, N, g, skew=1.0, group_size=G)
+    frac = torch.rand((), generator=g, dtype=torch.float64).item() * 0.5 + 0.25
+    if switch_at is not None:
+        frac = _check_float(switch_at, "switch_at")
+        if frac > 1:
+            raise ValueError(f"switch_at must be a fraction in [0, 1], got {switch_at!r}")
+    cut = int(round(frac * T))
+    path = torch.empty(T, L, N, dtype=torch.float64)
+    path[:cut] = _check_float(prefill_skew, "prefill_skew") * unit_a
+    path[cut:] = _check_float(decode_skew, "decode_skew") * unit_b
+    return sample_counts(path, g, noise=_check_float(noise, "noise"),
+                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+
+
+_BUILDERS = {"stationary": stationary_trace, "drift": drift_trace, "swaps": swap_trace,
+             "bursts": burst_trace, "switch": switch_trace}
+
+
+def regime_trace(regime: str, num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
+                 seed: int = 0, **options) -> torch.Tensor:
+    """Per-episode token counts ``[T, L, N]`` of one drift regime (see :data:`REGIMES` and the
+    module docstring); ``options`` go to that regime's builder (``skew``, ``noise``,
+    ``group_size``, ``tokens_per_episode`` and the regime's own rates)."""
+    if regime not in _BUILDERS:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    return _BUILDERS[regime](num_episodes, num_layers, num_experts, seed=seed, **options)
