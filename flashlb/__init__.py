@@ -27,10 +27,10 @@ _check_torch()
 
 from . import ops  # noqa: E402,F401  (registers torch.ops.flashlb.*)
 from . import metrics  # noqa: E402
-from .api import plan, rebalance_experts  # noqa: E402
+from .api import plan, plan_workloads, rebalance_experts  # noqa: E402
 from .placement import Placement  # noqa: E402
 from .recorder import HotnessRecorder  # noqa: E402
-from .redeploy import Balancer, Update, align_to, simulate  # noqa: E402
+from .redeploy import Balancer, Update, align_to, boot_placement, simulate  # noqa: E402
 
-__all__ = ["Balancer", "HotnessRecorder", "Placement", "Update", "align_to", "metrics", "plan",
-           "rebalance_experts", "simulate", "__version__"]
+__all__ = ["Balancer", "HotnessRecorder", "Placement", "Update", "align_to", "boot_placement", "metrics",
+           "plan", "plan_workloads", "rebalance_experts", "simulate", "__version__"]

@@ -9,7 +9,7 @@ from ._checks import (MAX_SECONDS, as_hotness, check_groups, check_int, check_me
 from .placement import Placement
 from .solvers.greedy import greedy_global, greedy_hierarchical
 
-__all__ = ["plan", "rebalance_experts", "ALGORITHMS"]
+__all__ = ["plan", "plan_workloads", "rebalance_experts", "ALGORITHMS"]
 
 ALGORITHMS = ("flashlb", "default")
 
@@ -63,7 +63,8 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
          algorithm: str = "flashlb", num_groups: int | None = None, num_nodes: int = 1,
          hierarchical: bool | None = None, time_budget: float | None = None, seed: int = 0,
          recency_half_life: float | None = None, previous: Placement | None = None,
-         move_penalty: float = 0.0, max_moves: int | None = None, **options) -> Placement:
+         move_penalty: float = 0.0, max_moves: int | None = None, forecast: bool | dict = False,
+         weights: torch.Tensor | None = None, **options) -> Placement:
     """Decide replica counts and placement for every layer.
 
     hotness: [L, N] (one window) or [T, L, N] (T episodes) loads per logical expert.
@@ -77,6 +78,10 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     between them, whichever has the least window peak/avg + move_penalty x moves.
     max_moves: at most this many slots changed in all (needs ``previous``), spent on the
     layers where they gain most.
+    forecast: plan on scenarios of the next window (FlashLB, several episodes): True uses
+    ``flashlb.forecast.DEFAULT``, a dict gives :func:`flashlb.forecast.forecast_scenarios`
+    options; False (the default, by measurement: see bench/serving.py) plans on the episodes.
+    weights: optional [T] weights of the episodes (scenarios) in the objective.
     Returns a :class:`Placement` on the device of ``hotness``.
     """
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
@@ -112,13 +117,23 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
         if options["perturb_rounds"] > 10**6:
             raise ValueError(f"perturb_rounds must be <= 10**6 (use time_budget for longer searches), "
                              f"got {options['perturb_rounds']}")
+    fc = _forecast_options(forecast)
+    if weights is not None:
+        if not isinstance(weights, torch.Tensor):
+            raise TypeError("weights must be a torch.Tensor of shape [T]")
+        weights = weights.detach().cpu().to(torch.float64)
+        if weights.shape != (T,) or not bool(torch.isfinite(weights).all()) \
+                or bool((weights < 0).any()) or not float(weights.sum()) > 0:
+            raise ValueError(f"weights must be [T]=[{T}] finite, >= 0 and not all 0, got "
+                             f"shape {tuple(weights.shape)}")
     if previous is not None:
         previous = check_previous(previous, L, N, P, D)
     if algorithm == "default":
         if options or previous is not None or move_penalty or max_moves is not None:
             unknown = sorted(options) + [k for k, v in (("previous", previous),
                                                         ("move_penalty", move_penalty or None),
-                                                        ("max_moves", max_moves)) if v is not None]
+                                                        ("max_moves", max_moves),
+                                                        ("weights", weights)) if v is not None]
             raise ValueError(f"algorithm='default' takes no options {unknown}")
         w = h.sum(0)
         if hier:
@@ -133,11 +148,78 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
         raise ValueError(
             f"hierarchical placement puts {N // M} experts on each node, fewer than the "
             f"{P // D} slots of one device: use hierarchical=False or more experts per node")
+    from .objective import episode_weights
+
+    base = episode_weights(T, recency_half_life) if weights is None else weights / weights.sum()
+    weights = None if weights is None and fc is None else base
+    if fc is not None and T > 1:
+        # The hook: scenarios and weights of the next window replace the raw episodes.
+        from .forecast import forecast_scenarios
+
+        h, fw = forecast_scenarios(h, **fc)
+        weights = fw * base.repeat(h.shape[0] // T).unsqueeze(1)  # [T', L]
     result = solve(h, P, D, num_groups=num_groups if hier else None, num_nodes=M if hier else 1,
                    time_budget=time_budget, seed=seed, recency_half_life=recency_half_life,
                    previous=previous.to("cpu") if previous is not None else None,
-                   move_penalty=move_penalty, max_moves=max_moves, **options)
+                   move_penalty=move_penalty, max_moves=max_moves, weights=weights, **options)
     return result.to(device)
+
+
+def plan_workloads(workloads, num_physical: int, num_devices: int, *,
+                   weights=None, **options) -> Placement:
+    """One placement for a mix of workloads (e.g. prefill and decode traffic, several
+    request lengths): each workload is one scenario of the objective, so the plan holds up on
+    all of them rather than on their sum.
+
+    workloads: a sequence of K loads, each [L, N] or [T, L, N] (summed over its episodes).
+    weights: optional K non-negative weights (how much each workload matters; equal if None).
+    Other options go to :func:`plan` (the forecast is off: workloads are not a time series).
+    """
+    if isinstance(workloads, torch.Tensor) or not hasattr(workloads, "__len__") or len(workloads) == 0:
+        raise TypeError("workloads must be a non-empty list of [L, N] or [T, L, N] tensors")
+    scen = []
+    for i, w in enumerate(workloads):
+        scen.append(as_hotness(w, f"workloads[{i}]").cpu().sum(0))
+    shapes = {tuple(s.shape) for s in scen}
+    if len(shapes) != 1:
+        raise ValueError(f"workloads must share one [L, N] shape, got {sorted(shapes)}")
+    if weights is not None:
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (len(scen),):
+            raise ValueError(f"weights must hold one number per workload ({len(scen)}), got "
+                             f"shape {tuple(weights.shape)}")
+    if "forecast" in options:
+        raise ValueError("plan_workloads takes no forecast option: workloads are not a time series")
+    return plan(torch.stack(scen), num_physical, num_devices, forecast=False, weights=weights, **options)
+
+
+def _forecast_options(forecast) -> dict | None:
+    """plan's ``forecast`` argument as forecast_scenarios options, or None (off)."""
+    from .forecast import DEFAULT
+
+    if forecast is True:
+        return dict(DEFAULT)
+    if forecast is False or forecast is None:
+        return None
+    if not isinstance(forecast, dict):
+        raise TypeError(f"forecast must be True, False or a dict of options, got {type(forecast).__name__}")
+    unknown = sorted(set(forecast) - {"change_threshold", "level_half_life", "shrink", "keep_episodes",
+                                       "min_segment"})
+    if unknown:
+        raise ValueError(f"forecast: unknown options {unknown}")
+    for key in ("change_threshold", "level_half_life"):
+        v = forecast.get(key, DEFAULT.get(key))
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                              or v == float("inf")):
+            raise ValueError(f"forecast[{key!r}] must be a finite number > 0 or None, got {v!r}")
+    keep = forecast.get("keep_episodes", 0.0)
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 <= keep < 1:
+        raise ValueError(f"forecast['keep_episodes'] must be a number in [0, 1), got {keep!r}")
+    if not isinstance(forecast.get("shrink", False), bool):
+        raise ValueError(f"forecast['shrink'] must be True or False, got {forecast['shrink']!r}")
+    if "min_segment" in forecast:
+        check_int(forecast["min_segment"], "forecast['min_segment']")
+    return {**DEFAULT, **forecast}
 
 
 def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,

@@ -36,7 +36,8 @@ def normalise_episodes(hotness: torch.Tensor, num_devices: int,
                        weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Loads scaled so each episode's device average is 1, and per-layer episode weights.
 
-    hotness: [T, L, N] float64, weights: [T] -> (loads [L, T, N], episode_weights [L, T]).
+    hotness: [T, L, N] float64, weights: [T] (or per layer [T, L]) -> (loads [L, T, N],
+    episode_weights [L, T]).
     A layer's weights are ``weights`` restricted to its episodes with load, renormalised to
     sum 1; a layer without any load gets all-zero weights (and all-zero loads).
     """
@@ -46,7 +47,7 @@ def normalise_episodes(hotness: torch.Tensor, num_devices: int,
     live = m[..., 0] > 0  # [T, L]
     hotness = hotness / torch.where(m > 0, m, torch.ones_like(m))
     total = hotness.sum(-1, keepdim=True)  # >= 1 where live
-    ew = weights.to(hotness).unsqueeze(1) * live
+    ew = (weights.to(hotness).unsqueeze(1) if weights.dim() == 1 else weights.to(hotness)) * live
     norm = ew.sum(0, keepdim=True)
     ew = torch.where(norm > 0, ew / torch.where(norm > 0, norm, torch.ones_like(norm)), ew)
     loads = hotness / torch.where(total > 0, total, torch.ones_like(total)) * num_devices

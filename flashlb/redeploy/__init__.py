@@ -2,6 +2,7 @@
 
 from ..align import align_to
 from .balancer import Balancer, Update
-from .simulate import POLICIES, SimulationResult, simulate
+from .simulate import POLICIES, SimulationResult, boot_placement, simulate
 
-__all__ = ["align_to", "Balancer", "Update", "simulate", "SimulationResult", "POLICIES"]
+__all__ = ["align_to", "Balancer", "Update", "simulate", "SimulationResult", "POLICIES",
+           "boot_placement"]

@@ -273,12 +273,14 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
           num_nodes: int = 1, time_budget: float | None = None, seed: int = 0,
           recency_half_life: float | None = None, previous: Placement | None = None,
           move_penalty: float = 0.0, max_moves: int | None = None, smoothing: float = 0.05,
-          perturb_rounds: int | None = None) -> Placement:
+          perturb_rounds: int | None = None, weights: torch.Tensor | None = None) -> Placement:
     """FlashLB placement for every layer.
 
     hotness: [T, L, N] float64 CPU loads (checked by the caller, as are the sizes).
     num_groups / num_nodes > 1: hierarchical (groups packed onto nodes, then each node solved).
     previous: the placement in service (CPU), whose moves cost ``move_penalty`` each.
+    weights: optional [T] or per-layer [T, L] episode weights (flashlb.forecast, workloads),
+    instead of those of recency_half_life.
     Returns a duplicate-free Placement. Per layer, its score - the weighted per-episode
     peak/avg, plus ``move_penalty`` per slot moved from ``previous`` when given - is never
     above that of the default greedy's placement, wherever the latter is duplicate-free.
@@ -292,7 +294,9 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
                             min(T, MAX_SCENARIOS))
     settings = SearchSettings(seed=seed, smoothing=float(smoothing), perturb_rounds=rounds,
                               deadline=None if time_budget is None else start + float(time_budget))
-    loads, weights = normalise_episodes(hotness, D, episode_weights(T, recency_half_life))
+    if weights is None:
+        weights = episode_weights(T, recency_half_life)
+    loads, weights = normalise_episodes(hotness, D, weights)
     # The search sees at most MAX_SCENARIOS weighted scenarios; the fallback scores every episode.
     scenario_loads, scenario_weights = reduce_episodes(loads, weights)
     if previous is None:
