@@ -175,10 +175,22 @@ def _mean_ratio(placement, h, live) -> float:
 
 
 def cmd_plan(args) -> int:
-    from . import metrics, plan
+    from . import metrics, plan, plan_workloads
     from .placement import Placement
 
-    h, live = _read_loads(args.loads, args.episode_len)
+    # Several files: each is one workload, a scenario of the objective (flashlb.plan_workloads).
+    files = args.loads
+    if args.weights is not None and len(args.weights) != len(files):
+        raise CliError(f"--weights needs one weight per LOADS file ({len(files)}), got {len(args.weights)}")
+    loaded = [_read_loads(f, args.episode_len) for f in files]
+    if len({tuple(x[0].shape[1:]) for x in loaded}) > 1:
+        raise CliError("LOADS files differ in layers or experts: "
+                       + ", ".join(f"{f}: {tuple(x[0].shape[1:])}" for f, x in zip(files, loaded)))
+    if len(files) == 1:
+        h, live = loaded[0]
+    else:
+        h = torch.stack([x[0].sum(0) for x in loaded])
+        live = sorted(set().union(*(x[1] for x in loaded)))
     out = _writable(Path(args.output), (".json", ".pt", ".safetensors"))
     previous = None
     if args.previous:
@@ -189,9 +201,12 @@ def cmd_plan(args) -> int:
     try:
         t = time.perf_counter()
         with _Progress(f"planning {h.shape[1]} layers"):
-            new = plan(h, args.physical, args.devices, algorithm=args.algorithm, num_groups=args.groups,
-                       num_nodes=args.nodes, time_budget=args.time_budget, previous=previous,
-                       move_penalty=args.move_penalty)
+            opts = dict(algorithm=args.algorithm, num_groups=args.groups, num_nodes=args.nodes,
+                        time_budget=args.time_budget, previous=previous, move_penalty=args.move_penalty)
+            if len(files) > 1:
+                new = plan_workloads(list(h), args.physical, args.devices, weights=args.weights, **opts)
+            else:
+                new = plan(h, args.physical, args.devices, **opts)
         dt = time.perf_counter() - t
         base = previous if previous is not None else plan(
             h, args.physical, args.devices, algorithm="default", num_groups=args.groups, num_nodes=args.nodes)
@@ -214,17 +229,32 @@ def cmd_plan(args) -> int:
 
 def cmd_simulate(args) -> int:
     from .redeploy import simulate
+    from .redeploy.simulate import POLICIES
 
-    h, live = _read_loads(args.trace)
-    h = h[:, torch.tensor(live)]
+    if (args.trace is None) == (args.regime is None):
+        raise CliError("give a TRACE file or --regime (not both)")
+    policies = tuple(args.policies.split(",")) if args.policies else POLICIES
+    unknown = sorted(set(policies) - set(POLICIES))
+    if unknown:
+        raise CliError(f"--policies: unknown {unknown}; choose from {','.join(POLICIES)}")
+    if args.trace is not None:
+        h, live = _read_loads(args.trace)
+        h = h[:, torch.tensor(live)]
+    else:
+        from .synthetic import regime_trace
+
+        try:
+            h = regime_trace(args.regime, args.episodes, args.layers, args.experts, seed=args.seed)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     try:
         with _Progress("simulating") as prog:
-            res = simulate(h, args.physical, args.devices, cycle_len=args.cycle_len,
-                           episode_len=_at_most(args.episode_len, args.cycle_len), progress=prog.update,
+            res = simulate(h, args.physical, args.devices, episode_len=args.episode_len, cycle=args.cycle,
+                           window=args.window, policies=policies, progress=prog.update,
                            balancer_options={"threshold": args.threshold, "move_penalty": args.move_penalty})
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    _print_simulation(res)
+    _print_simulation(res, args.expert_bytes)
     if args.out:
         out = _out_dir(args.out)
         path = _plot_simulation(res, out)
@@ -232,20 +262,15 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-def _at_most(episode_len, cycle_len):
-    """An episode longer than a cycle is the whole cycle: cap it (in range of the operators)."""
-    if isinstance(episode_len, int) and isinstance(cycle_len, int) and cycle_len >= 1:
-        return min(episode_len, cycle_len)
-    return episode_len
-
-
-def _print_simulation(res) -> None:
-    print(f"{'policy':12s} {'per-step peak/avg':>18s} {'moves':>9s} {'layers/cycle':>13s}")
+def _print_simulation(res, expert_bytes: int = 3 * 7168 * 2048) -> None:
+    print(f"{'policy':12s} {'next-window peak/avg':>21s} {'slots moved':>12s} {'GB moved':>9s} "
+          f"{'layers/cycle':>13s} {'s/decision':>11s}")
     for name, r in res.items():
-        print(f"{name:12s} {r.mean_ratio:18.4f} {r.total_moves:9d} {r.layers.float().mean():13.1f}")
-    if "cherry-pick" in res and "default" in res:
-        cp, de = res["cherry-pick"], res["default"]
-        print(f"cherry-pick moved {100 * cp.total_moves / max(de.total_moves, 1):.1f}% of the default's slots")
+        print(f"{name:12s} {r.mean_ratio:21.4f} {r.total_moves:12d} {r.total_moves * expert_bytes / 1e9:9.2f} "
+              f"{r.layers.float().mean():13.1f} {r.seconds_per_decision:11.3f}")
+    if "balancer" in res and "default" in res:
+        cp, de = res["balancer"], res["default"]
+        print(f"balancer moved {100 * cp.total_moves / max(de.total_moves, 1):.1f}% of the aligned default's slots")
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -270,13 +295,12 @@ def _plot_simulation(res, out: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 3.6))
     for name, r in res.items():
-        k = max(1, r.ratio.numel() // 200)  # smooth: mean over k steps
-        y = r.ratio[: r.ratio.numel() // k * k].view(-1, k).mean(1)
-        ax.plot(torch.arange(y.numel()) * k, y, label=f"{name} (mean {r.mean_ratio:.3f}, {r.total_moves} moves)")
-    ax.set_xlabel("step (after the first cycle)")
+        y = r.ratio.flatten()
+        ax.plot(torch.arange(y.numel()), y, label=f"{name} (mean {r.mean_ratio:.3f}, {r.total_moves} moves)")
+    ax.set_xlabel("episode served (after the first decision)")
     ax.set_ylabel("peak / average device load")
-    ax.set_title("Per-step balance, mean over layers")
-    ax.legend()
+    ax.set_title("Per-episode balance on the next window, mean over layers")
+    ax.legend(fontsize=7)
     path = _save_figure(fig, out / "simulation.png")
     plt.close(fig)
     return path
@@ -333,8 +357,9 @@ def cmd_report(args) -> int:
         raw, raw_live = _read_loads(args.loads)
         try:
             with _Progress("simulating") as prog:
-                res = simulate(raw[:, torch.tensor(raw_live)], args.physical, args.devices, cycle_len=args.cycle_len,
-                               episode_len=16, progress=prog.update)
+                cycle = max(1, args.cycle_len // 16)  # --cycle-len steps in 16-step episodes
+                res = simulate(raw[:, torch.tensor(raw_live)], args.physical, args.devices, episode_len=16,
+                               cycle=cycle, window=2 * cycle, progress=prog.update)
         except ValueError as exc:
             raise CliError(str(exc)) from None
         _print_simulation(res)
@@ -393,8 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("plan", help="plan a placement from recorded expert loads",
                        description="Plan a placement; print per-layer peak/avg before and after.")
-    q.add_argument("loads", help=loads_help)
+    q.add_argument("loads", nargs="+", help=loads_help + "; several files: one workload each, planned "
+                   "together (each a scenario of the objective)")
     sizes(q)
+    q.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="with several LOADS files: how much each workload matters (default: equally)")
     q.add_argument("--nodes", type=int, default=1, help="nodes, for hierarchical placement")
     q.add_argument("--groups", type=int, default=None, help="expert groups (group-limited routing)")
     q.add_argument("--episode-len", type=int, default=None, help="cut a per-step file into episodes of this many steps")
@@ -405,16 +433,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", required=True, help="placement file: .json (SGLang --init-expert-location), .pt, .safetensors")
     q.set_defaults(func=cmd_plan)
 
-    q = sub.add_parser("simulate", help="replay a per-step trace through decision cycles",
-                       description="Replay a per-step trace [S, L, N]: flashlb with cherry-picking, "
-                                   "flashlb every cycle, the default greedy every cycle.")
-    q.add_argument("trace", help=loads_help + "; per-step loads [S, L, N]")
+    q = sub.add_parser("simulate", help="replay a trace through decision cycles, policy by policy",
+                       description="Every CYCLE episodes each policy re-plans from the last WINDOW episodes and "
+                                   "is judged per episode on the next CYCLE; all start from the boot map.")
+    q.add_argument("trace", nargs="?", default=None, help=loads_help + "; loads [S, L, N] (or give --regime)")
     sizes(q)
-    q.add_argument("--cycle-len", type=int, default=128, help="steps between decisions")
-    q.add_argument("--episode-len", type=int, default=16, help="steps per episode in a decision")
-    q.add_argument("--threshold", type=float, default=1.08, help="cherry-pick: re-plan layers above this peak/avg")
-    q.add_argument("--move-penalty", type=float, default=3e-4, help="cherry-pick: cost of one moved slot")
-    q.add_argument("--out", default=None, help="folder for the time-series figure")
+    q.add_argument("--regime", default=None, help="a synthetic trace instead of a file: stationary, drift, swaps, "
+                   "bursts or switch")
+    q.add_argument("--episodes", type=int, default=160, help="--regime: episodes of the trace")
+    q.add_argument("--layers", type=int, default=58, help="--regime: MoE layers")
+    q.add_argument("--experts", type=int, default=256, help="--regime: experts per layer")
+    q.add_argument("--seed", type=int, default=0, help="--regime: seed of the trace")
+    q.add_argument("--episode-len", type=int, default=1, help="steps per episode (1: the trace holds episodes)")
+    q.add_argument("--cycle", type=int, default=8, help="episodes between decisions (and judged after each)")
+    q.add_argument("--window", type=int, default=16, help="episodes each decision sees")
+    q.add_argument("--policies", default=None, help="comma-separated: balancer, fresh, fresh-raw, previous, "
+                   "default, static, clairvoyant (default: all)")
+    q.add_argument("--threshold", type=float, default=1.08, help="balancer: re-plan layers above this peak/avg")
+    q.add_argument("--move-penalty", type=float, default=3e-4, help="balancer: cost of one moved slot")
+    q.add_argument("--expert-bytes", type=int, default=3 * 7168 * 2048,
+                   help="bytes of one expert's weights (default: DeepSeek-V3 in 8 bits)")
+    q.add_argument("--out", default=None, help="folder for the per-episode figure")
     q.set_defaults(func=cmd_simulate)
 
     q = sub.add_parser("report", help="PNG figures: device loads, peak/avg per layer, simulation",

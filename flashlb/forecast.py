@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["shares", "change_points", "recency_weights", "forecast_scenarios", "DEFAULT"]
+__all__ = ["shares", "noise_scale", "change_points", "recency_weights", "forecast_scenarios", "DEFAULT"]
 
 # The default of flashlb.plan(forecast=...), chosen by bench/serving.py --tune on held-out
 # seeds of every regime of flashlb.synthetic.
-DEFAULT = {"change_threshold": 3.0, "level_half_life": 4.0}
+DEFAULT = {"change_threshold": 4.0, "level_half_life": 4.0}
 
 
 def shares(episodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,87 +36,94 @@ def shares(episodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                        torch.zeros_like(episodes)), live
 
 
+def noise_scale(s: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """[L, N] the spread of one episode's share of each expert around its level, from the
+    median squared difference of consecutive live episodes (robust to a few regime changes).
+    s: [T, L, N] shares, live: [T, L]."""
+    d2 = (s[1:] - s[:-1]).square()  # [T-1, L, N]
+    both = (live[1:] & live[:-1]).unsqueeze(-1).expand_as(d2)
+    d2 = torch.where(both, d2, torch.full_like(d2, float("nan")))
+    # the median of a chi-square with one degree of freedom is 0.4549; a difference has twice the variance
+    var = d2.nanmedian(0).values / (2 * 0.4549)
+    return torch.nan_to_num(var, nan=0.0).sqrt()
+
+
 def change_points(s: torch.Tensor, live: torch.Tensor, *, threshold: float,
                   min_segment: int = 2) -> torch.Tensor:
-    """Per layer, the first episode after the latest regime change, or 0 (no change).
+    """Per layer and expert, the first episode after its strongest regime change, or 0.
 
-    s: [T, L, N] shares, live: [T, L] -> [L] int64. For every split k, the L1 distance between
-    the mean shares before and after k is divided by what noise alone would give (the median
-    L1 distance between consecutive live episodes, scaled by sqrt(1/k + 1/(T-k)) / sqrt(2)); the
-    largest such score above ``threshold`` marks a change. Both sides keep ``min_segment``
-    live episodes.
+    s: [T, L, N] shares, live: [T, L] -> [L, N] int64. For every split k the difference of
+    the mean share after and before k, in units of what noise alone would give
+    (:func:`noise_scale` x sqrt(1/k + 1/(T-k))), is a z-score; the split of largest |z| above
+    ``threshold`` marks a change. Both sides keep ``min_segment`` live episodes. Per expert,
+    so a small group of swapped experts is seen as clearly as a whole new workload.
     """
     T, L, N = s.shape
-    out = torch.zeros(L, dtype=torch.int64)
     if T < 2 * min_segment:
-        return out
+        return torch.zeros(L, N, dtype=torch.int64)
+    sigma = noise_scale(s, live)  # [L, N]
     lv = live.to(s.dtype).unsqueeze(-1)  # [T, L, 1]
-    csum = (s * lv).cumsum(0)  # [T, L, N]
-    ccnt = lv.cumsum(0)  # [T, L, 1]
-    total, count = csum[-1], ccnt[-1]
-    step = (s[1:] - s[:-1]).abs().sum(-1)  # [T-1, L]
-    both = live[1:] & live[:-1]
-    step = torch.where(both, step, torch.full_like(step, float("nan")))
-    noise = step.nanmedian(0).values / 2 ** 0.5  # [L]: L1 noise of one episode's shares
-    best = torch.full((L,), -1.0, dtype=s.dtype)
-    for k in range(1, T):
-        nb, na = ccnt[k - 1], count - ccnt[k - 1]  # [L, 1] live episodes before / after
-        ok = (nb.squeeze(-1) >= min_segment) & (na.squeeze(-1) >= min_segment)
-        before = csum[k - 1] / nb.clamp_min(1)
-        after = (total - csum[k - 1]) / na.clamp_min(1)
-        dist = (before - after).abs().sum(-1)
-        scale = noise * (1 / nb.squeeze(-1).clamp_min(1) + 1 / na.squeeze(-1).clamp_min(1)).sqrt()
-        z = torch.where(ok & (scale > 0), dist / torch.where(scale > 0, scale, torch.ones_like(scale)),
-                        torch.full_like(dist, -1.0))
-        z = torch.nan_to_num(z, nan=-1.0)
-        take = (z > threshold) & (z >= best)
-        out = torch.where(take, torch.full_like(out, k), out)
-        best = torch.where(take, z, best)
-    return out
+    csum = (s * lv).cumsum(0)[:-1]  # [T-1, L, N]: split k = index + 1
+    nb = lv.cumsum(0)[:-1]  # [T-1, L, 1] live episodes before the split
+    na = lv.sum(0) - nb
+    diff = ((s * lv).sum(0) - csum) / na.clamp_min(1) - csum / nb.clamp_min(1)
+    scale = sigma * (1 / nb.clamp_min(1) + 1 / na.clamp_min(1)).sqrt()
+    z = diff.abs() / scale.clamp_min(1e-12)
+    ok = (nb >= min_segment) & (na >= min_segment) & (scale > 0)
+    z = torch.where(ok, z, torch.zeros_like(z))
+    best, k = z.max(0)  # [L, N]
+    return torch.where(best > threshold, k + 1, torch.zeros_like(k))
 
 
 def recency_weights(start: torch.Tensor, live: torch.Tensor,
                     half_life: float | None) -> torch.Tensor:
-    """[T, L] weights summing to 1 per layer (0 for a layer without live episodes): episodes
-    from ``start [L]`` on, live ones only, the latest weighing more with ``half_life``
-    (episodes; None: equal)."""
+    """Weights over episodes summing to 1 (0 where nothing is live): episodes from ``start``
+    on, live ones only, the latest weighing more with ``half_life`` (episodes; None: equal).
+    start: [L] or [L, N], live: [T, L] -> [T, L] or [T, L, N]."""
     T, L = live.shape
-    idx = torch.arange(T).unsqueeze(1)
-    keep = (idx >= start.unsqueeze(0)) & live
-    age = (T - 1 - idx).to(torch.float64).expand(T, L)
-    w = torch.ones(T, L, dtype=torch.float64) if half_life is None else torch.pow(0.5, age / half_life)
+    shape = (T,) + tuple(start.shape)
+    idx = torch.arange(T).view(T, *([1] * start.dim()))
+    lv = live.view(T, L, *([1] * (start.dim() - 1)))
+    keep = (idx >= start.unsqueeze(0)) & lv
+    age = (T - 1 - idx).to(torch.float64).expand(shape)
+    w = torch.ones(shape, dtype=torch.float64) if half_life is None else torch.pow(0.5, age / half_life)
     w = w * keep
     tot = w.sum(0, keepdim=True)
     return torch.where(tot > 0, w / torch.where(tot > 0, tot, torch.ones_like(tot)), w)
 
 
-def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None = 3.0,
+def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None = 4.0,
                        level_half_life: float | None = 4.0,
                        min_segment: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Scenarios of the next window from the episodes of the last one.
 
-    episodes: [T, L, N] float64 loads. change_threshold: the score above which a layer's
-    episodes before its latest change point are dropped (None: never). level_half_life:
-    episodes; the forecast level weighs the latest ones more (None: the plain mean, which
-    leaves the episodes as they are). Returns (scenarios [T, L, N], weights [T, L]): one
-    scenario per episode, weights summing to 1 per layer (0 for dropped or empty episodes).
+    episodes: [T, L, N] float64 loads. change_threshold: the z-score above which an expert's
+    share before its strongest change point is left out of its level (None: never).
+    level_half_life: episodes; the level weighs the latest ones more (None: equally).
+    Returns (scenarios [T, L, N], weights [T, L]): scenario t is the level plus episode t's
+    deviation from the mean of its own segment (per expert), so every episode keeps serving
+    as a sample of the noise; weights are equal over a layer's live episodes.
     """
     h = episodes.to(torch.float64)
     T, L, N = h.shape
     s, live = shares(h)
     if change_threshold is None:
-        start = torch.zeros(L, dtype=torch.int64)
+        start = torch.zeros(L, N, dtype=torch.int64)
     else:
         start = change_points(s, live, threshold=float(change_threshold), min_segment=min_segment)
-    w = recency_weights(start, live, None)  # [T, L]: the segment, equally
-    seg_mean = (s * w.unsqueeze(-1)).sum(0)  # [L, N]
-    if level_half_life is None:
-        level = seg_mean
-    else:
-        lw = recency_weights(start, live, float(level_half_life))
-        level = (s * lw.unsqueeze(-1)).sum(0)
+    post = recency_weights(start, live, None)  # [T, L, N]
+    pre_start = torch.zeros_like(start)
+    every = recency_weights(pre_start, live, None)
+    post_mean = (s * post).sum(0)  # [L, N]
+    after = torch.arange(T).view(T, 1, 1) >= start.unsqueeze(0)  # [T, L, N]
+    pre_w = every * ~after
+    pre_mean = (s * pre_w).sum(0) / pre_w.sum(0).clamp_min(1e-300)
+    seg_mean = torch.where(after, post_mean.unsqueeze(0), pre_mean.unsqueeze(0))
+    lw = post if level_half_life is None else recency_weights(start, live, float(level_half_life))
+    level = (s * lw).sum(0)
     scen = (level + (s - seg_mean)).clamp_min(0)
     scen = scen / scen.sum(-1, keepdim=True).clamp_min(1e-300)
     tokens = (h.sum(-1) * live).sum(0) / live.sum(0).clamp_min(1)  # [L] mean tokens per live episode
-    scen = torch.where((w > 0).unsqueeze(-1), scen * tokens.view(1, L, 1), torch.zeros_like(scen))
+    w = recency_weights(torch.zeros(L, dtype=torch.int64), live, None)  # [T, L]
+    scen = torch.where(live.unsqueeze(-1), scen * tokens.view(1, L, 1), torch.zeros_like(scen))
     return scen, w

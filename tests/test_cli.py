@@ -86,9 +86,48 @@ def test_simulate_and_report(tmp_path, capsys):
 
     trace = tmp_path / "trace.pt"
     torch.save({"logical_count": drifting_trace(64, 2, 16, tokens_per_episode=512, seed=1)}, trace)
-    assert main(["simulate", str(trace), "-d", "4", "-p", "24", "--cycle-len", "16", "--out", str(tmp_path)]) == 0
-    assert "cherry-pick" in capsys.readouterr().out
+    assert main(["simulate", str(trace), "-d", "4", "-p", "24", "--episode-len", "4", "--cycle", "4",
+                 "--window", "4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "balancer" in out and "clairvoyant" in out and "GB moved" in out
     assert main(["report", str(trace), "-d", "4", "-p", "24", "--episode-len", "8", "--cycle-len", "16",
                  "--out", str(tmp_path / "fig")]) == 0
     for name in ("device_loads.png", "peak_per_layer.png", "simulation.png"):
         assert (tmp_path / "fig" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_a_regime_with_chosen_policies(capsys):
+    assert main(["simulate", "--regime", "swaps", "--episodes", "24", "--layers", "2", "--experts", "16",
+                 "-d", "4", "-p", "24", "--policies", "fresh,default"]) == 0
+    out = capsys.readouterr().out
+    assert "fresh" in out and "default" in out and "balancer" not in out
+    assert main(["simulate", "--regime", "swaps", "-d", "4", "-p", "24", "--policies", "cherry"]) == 2
+    assert "--policies" in capsys.readouterr().err
+    assert main(["simulate", "--regime", "nope", "--layers", "2", "--experts", "16", "-d", "4", "-p", "24"]) == 2
+    assert main(["simulate", "-d", "4", "-p", "24"]) == 2
+
+
+def test_plan_several_workloads_together(tmp_path, capsys):
+    import flashlb
+    from flashlb.io import load_hotness
+
+    g = torch.Generator().manual_seed(2)
+    files = []
+    for i in range(3):
+        h = torch.rand(3, 32, generator=g) ** 4 * 1000
+        files.append(tmp_path / f"w{i}.json")
+        files[-1].write_text(json.dumps({"logical_count": h.tolist()}))
+    out = tmp_path / "mix.json"
+    assert main(["plan", *map(str, files), "-d", "4", "-p", "40", "--weights", "1", "2", "1", "-o", str(out)]) == 0
+    p = Placement.load(out, num_devices=4)
+    p.validate()
+    loads = [torch.as_tensor(load_hotness(str(f)), dtype=torch.float64) for f in files]
+    same = flashlb.plan_workloads(loads, 40, 4, weights=[1, 2, 1])
+    assert torch.equal(p.phy2log, same.phy2log)
+    capsys.readouterr()
+    assert main(["plan", *map(str, files), "-d", "4", "-p", "40", "--weights", "1", "-o", str(out)]) == 2
+    assert "--weights" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"logical_count": torch.rand(2, 32).tolist()}))
+    assert main(["plan", str(files[0]), str(bad), "-d", "4", "-p", "40", "-o", str(out)]) == 2
+    assert "differ" in capsys.readouterr().err

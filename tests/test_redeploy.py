@@ -188,13 +188,13 @@ def test_balancer_bad_input():
 
 def test_simulate_reports_every_policy():
     tr = drifting_trace(96, 3, 32, tokens_per_episode=2048, seed=4, drift=0.05)
-    res = flashlb.simulate(tr, 48, 8, cycle_len=24, episode_len=8)
-    assert set(res) == {"cherry-pick", "every-cycle", "default"}
+    res = flashlb.simulate(tr, 48, 8, episode_len=8, cycle=3, window=3)
+    assert set(res) == set(flashlb.redeploy.POLICIES)
     for r in res.values():
-        assert r.ratio.shape == (72,) and r.moves.shape == (3,) and r.mean_ratio >= 1
-    assert res["cherry-pick"].total_moves <= res["default"].total_moves
-    with pytest.raises(ValueError, match="two cycles"):
-        flashlb.simulate(tr[:30], 48, 8, cycle_len=24)
+        assert r.ratio.shape == (3, 3) and r.moves.shape == (3,) and r.mean_ratio >= 1
+    assert res["balancer"].total_moves <= res["default"].total_moves
+    with pytest.raises(ValueError, match="window"):
+        flashlb.simulate(tr[:30], 48, 8, episode_len=8, cycle=3, window=3)
 
 
 def test_hierarchical_plans_stay_hierarchical_near_a_previous_placement():
