@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--episode-len", type=int, default=1, help="steps per episode (1: the trace holds episodes)")
     q.add_argument("--cycle", type=int, default=8, help="episodes between decisions (and judged after each)")
     q.add_argument("--window", type=int, default=16, help="episodes each decision sees")
-    q.add_argument("--policies", default=None, help="comma-separated: balancer, fresh, fresh-raw, previous, "
+    q.add_argument("--policies", default=None, help="comma-separated: balancer, fresh, forecast, previous, "
                    "default, static, clairvoyant (default: all)")
     q.add_argument("--threshold", type=float, default=1.08, help="balancer: re-plan layers above this peak/avg")
     q.add_argument("--move-penalty", type=float, default=3e-4, help="balancer: cost of one moved slot")

@@ -4,13 +4,13 @@ A placement serves the steps *after* the window it was planned on. The solver's 
 the weighted mean over scenarios of the per-scenario peak/avg; this module decides what those
 scenarios are and how much each weighs, from the episodes alone (pure tensor functions):
 
-1. **Regime changes.** Per layer, the latest change point (the split of the window whose two
-   means differ most, measured against the noise between consecutive episodes) - episodes
-   before it describe a popularity that is gone, and weigh 0.
-2. **Level.** The next window's expected share of each expert: a recency-weighted mean of the
-   episodes after the change point (``level_half_life``).
-3. **Noise.** Each kept episode becomes one scenario: the level plus that episode's deviation
-   from the mean of its segment, so the plan stays robust to the noise between episodes
+1. **Regime changes.** Per layer and expert, the strongest change point (the split of the
+   window whose two means differ most, as a z-score against the noise between consecutive
+   episodes): the expert's share before it describes a popularity that is gone.
+2. **Level.** The next window's expected share of each expert: a (recency-weighted, with
+   ``level_half_life``) mean of the episodes after its change point.
+3. **Noise.** Each episode becomes one scenario: the level plus that episode's deviation
+   from the mean of its own segment, so the plan stays robust to the noise between episodes
    (the multi-episode objective) while aiming at where the loads are going.
 
 Scenarios are in token units (each layer's scenarios sum to its mean tokens per episode).
@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["shares", "noise_scale", "change_points", "recency_weights", "forecast_scenarios", "DEFAULT"]
+__all__ = ["shares", "noise_scale", "change_scores", "change_points", "recency_weights", "forecast_scenarios", "DEFAULT"]
 
-# The default of flashlb.plan(forecast=...), chosen by bench/serving.py --tune on held-out
-# seeds of every regime of flashlb.synthetic.
-DEFAULT = {"change_threshold": 4.0, "level_half_life": 4.0}
+# The options of flashlb.plan(forecast=True): of the variants measured on every regime of
+# flashlb.synthetic (next-window peak/avg of fresh plans every cycle, seeds 11, 12, 21, 22),
+# the one that lost least to planning on the episodes as they are (see README: none won, so
+# plan's default is forecast=False).
+DEFAULT = {"change_threshold": 5.0, "level_half_life": None, "min_segment": 4}
 
 
 def shares(episodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,19 +50,18 @@ def noise_scale(s: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(var, nan=0.0).sqrt()
 
 
-def change_points(s: torch.Tensor, live: torch.Tensor, *, threshold: float,
-                  min_segment: int = 2) -> torch.Tensor:
-    """Per layer and expert, the first episode after its strongest regime change, or 0.
+def change_scores(s: torch.Tensor, live: torch.Tensor, *,
+                  min_segment: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer and expert, the strongest split of the window and its z-score.
 
-    s: [T, L, N] shares, live: [T, L] -> [L, N] int64. For every split k the difference of
-    the mean share after and before k, in units of what noise alone would give
-    (:func:`noise_scale` x sqrt(1/k + 1/(T-k))), is a z-score; the split of largest |z| above
-    ``threshold`` marks a change. Both sides keep ``min_segment`` live episodes. Per expert,
-    so a small group of swapped experts is seen as clearly as a whole new workload.
+    s: [T, L, N] shares, live: [T, L] -> (z [L, N], split [L, N] int64). For every split k the
+    difference of the mean share after and before k, in units of what noise alone would give
+    (:func:`noise_scale` x sqrt(1/k + 1/(T-k))), is a z-score; both sides keep ``min_segment``
+    live episodes (z = 0 where no split qualifies).
     """
     T, L, N = s.shape
     if T < 2 * min_segment:
-        return torch.zeros(L, N, dtype=torch.int64)
+        return torch.zeros(L, N, dtype=s.dtype), torch.zeros(L, N, dtype=torch.int64)
     sigma = noise_scale(s, live)  # [L, N]
     lv = live.to(s.dtype).unsqueeze(-1)  # [T, L, 1]
     csum = (s * lv).cumsum(0)[:-1]  # [T-1, L, N]: split k = index + 1
@@ -72,7 +73,19 @@ def change_points(s: torch.Tensor, live: torch.Tensor, *, threshold: float,
     ok = (nb >= min_segment) & (na >= min_segment) & (scale > 0)
     z = torch.where(ok, z, torch.zeros_like(z))
     best, k = z.max(0)  # [L, N]
-    return torch.where(best > threshold, k + 1, torch.zeros_like(k))
+    return best, k + 1
+
+
+def change_points(s: torch.Tensor, live: torch.Tensor, *, threshold: float,
+                  min_segment: int = 2) -> torch.Tensor:
+    """Per layer and expert, the first episode after its strongest regime change, or 0.
+
+    s: [T, L, N] shares, live: [T, L] -> [L, N] int64: the split of :func:`change_scores`
+    where its z-score exceeds ``threshold``. Per expert, so a small group of swapped experts
+    is seen as clearly as a whole new workload.
+    """
+    z, k = change_scores(s, live, min_segment=min_segment)
+    return torch.where(z > threshold, k, torch.zeros_like(k))
 
 
 def recency_weights(start: torch.Tensor, live: torch.Tensor,
@@ -93,37 +106,51 @@ def recency_weights(start: torch.Tensor, live: torch.Tensor,
 
 
 def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None = 4.0,
-                       level_half_life: float | None = 4.0,
+                       level_half_life: float | None = 4.0, shrink: bool = False,
+                       keep_episodes: float = 0.0,
                        min_segment: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Scenarios of the next window from the episodes of the last one.
 
     episodes: [T, L, N] float64 loads. change_threshold: the z-score above which an expert's
     share before its strongest change point is left out of its level (None: never).
     level_half_life: episodes; the level weighs the latest ones more (None: equally).
-    Returns (scenarios [T, L, N], weights [T, L]): scenario t is the level plus episode t's
-    deviation from the mean of its own segment (per expert), so every episode keeps serving
-    as a sample of the noise; weights are equal over a layer's live episodes.
+    shrink: move a changed expert's level only part of the way to its post-change mean,
+    by 1 - (change_threshold / z)^2 (weak evidence, small step).
+    keep_episodes: a weight in [0, 1) for the episodes as they are, kept as scenarios beside
+    the forecast ones (a hedge in case the change does not last); > 0 doubles the scenarios.
+    Returns (scenarios [T', L, N], weights [T', L]) with T' = T (or 2T with keep_episodes):
+    scenario t is the level plus episode t's deviation from the mean of its own segment (per
+    expert), so every episode keeps serving as a sample of the noise; weights are equal over a
+    layer's live episodes.
     """
     h = episodes.to(torch.float64)
     T, L, N = h.shape
     s, live = shares(h)
+    zero = torch.zeros(L, N, dtype=torch.int64)
     if change_threshold is None:
-        start = torch.zeros(L, N, dtype=torch.int64)
+        start, z = zero, torch.zeros(L, N, dtype=torch.float64)
     else:
-        start = change_points(s, live, threshold=float(change_threshold), min_segment=min_segment)
+        z, k = change_scores(s, live, min_segment=min_segment)
+        start = torch.where(z > change_threshold, k, zero)
     post = recency_weights(start, live, None)  # [T, L, N]
-    pre_start = torch.zeros_like(start)
-    every = recency_weights(pre_start, live, None)
+    every = recency_weights(zero, live, None)
     post_mean = (s * post).sum(0)  # [L, N]
     after = torch.arange(T).view(T, 1, 1) >= start.unsqueeze(0)  # [T, L, N]
     pre_w = every * ~after
     pre_mean = (s * pre_w).sum(0) / pre_w.sum(0).clamp_min(1e-300)
     seg_mean = torch.where(after, post_mean.unsqueeze(0), pre_mean.unsqueeze(0))
-    lw = post if level_half_life is None else recency_weights(start, live, float(level_half_life))
-    level = (s * lw).sum(0)
+    hl = None if level_half_life is None else float(level_half_life)
+    level = (s * recency_weights(start, live, hl)).sum(0)
+    if shrink and change_threshold is not None:
+        base = (s * recency_weights(zero, live, hl)).sum(0)
+        f = (1 - (change_threshold / z.clamp_min(1e-12)).square()).clamp_min(0)
+        level = base + torch.where(start > 0, f, torch.zeros_like(f)) * (level - base)
     scen = (level + (s - seg_mean)).clamp_min(0)
     scen = scen / scen.sum(-1, keepdim=True).clamp_min(1e-300)
     tokens = (h.sum(-1) * live).sum(0) / live.sum(0).clamp_min(1)  # [L] mean tokens per live episode
     w = recency_weights(torch.zeros(L, dtype=torch.int64), live, None)  # [T, L]
     scen = torch.where(live.unsqueeze(-1), scen * tokens.view(1, L, 1), torch.zeros_like(scen))
+    if keep_episodes > 0:
+        raw = torch.where(live.unsqueeze(-1), s * tokens.view(1, L, 1), torch.zeros_like(s))
+        return torch.cat([raw, scen]), torch.cat([keep_episodes * w, (1 - keep_episodes) * w])
     return scen, w

@@ -24,11 +24,11 @@ from .balancer import Balancer
 
 __all__ = ["simulate", "SimulationResult", "POLICIES", "boot_placement"]
 
-POLICIES = ("balancer", "fresh", "fresh-raw", "previous", "default", "static", "clairvoyant")
+POLICIES = ("balancer", "fresh", "forecast", "previous", "default", "static", "clairvoyant")
 POLICY_HELP = {
     "balancer": "flashlb.Balancer (balancer_options): cherry-picked layers, few moves",
     "fresh": "flashlb.plan on the window every cycle, every layer, aligned to the map in service",
-    "fresh-raw": "as fresh, without the forecast (forecast=False)",
+    "forecast": "as fresh, planned on the forecast's scenarios (forecast=True)",
     "previous": "flashlb.plan(previous=in service, move_penalty=0) every cycle",
     "default": "the default greedy every cycle, aligned to the map in service",
     "static": "flashlb.plan once, at the first decision, then kept",
@@ -124,8 +124,8 @@ def simulate(trace: torch.Tensor, num_physical: int, num_devices: int, *, episod
             if p == "balancer":
                 up = balancer.step(seen, cur)
                 new, layers = up.placement, up.layers.numel()
-            elif p in ("fresh", "fresh-raw"):
-                opts = dict(plan_options, forecast=False) if p == "fresh-raw" else plan_options
+            elif p in ("fresh", "forecast"):
+                opts = dict(plan_options, forecast=True) if p == "forecast" else plan_options
                 new = align_to(plan(seen, P, D, **opts), cur)
             elif p == "previous":
                 new = plan(seen, P, D, previous=cur, **dict(plan_options, move_penalty=0.0))
@@ -135,7 +135,7 @@ def simulate(trace: torch.Tensor, num_physical: int, num_devices: int, *, episod
                 new = align_to(plan(seen, P, D, **plan_options), cur) if c == 0 else cur
                 layers = L if c == 0 else 0
             else:  # clairvoyant
-                new = align_to(plan(nxt, P, D, **dict(plan_options, forecast=False)), cur)
+                new = align_to(plan(nxt, P, D, **plan_options), cur)
             r = out[p]
             r["seconds"].append(time.perf_counter() - start)
             r["moves"].append(int(metrics.moves(cur, new).sum()))
