@@ -146,9 +146,9 @@ def main():
     ap.add_argument("--png", default="serving_balance_vs_moves.png", help="balance-vs-moves figure")
     args = ap.parse_args()
     quick = args.quick
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([101] if quick else [101, 102])
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [101]
     regimes = args.regimes.split(",") if args.regimes else (["swaps", "switch", "stationary"] if quick else list(REGIMES))
-    cycles = 4 if quick else 18
+    cycles = 3 if quick else 18
     layers = L
     policies = POLICIES
     print(f"serving protocol: every {CYCLE} episodes re-plan from the last {WINDOW}, judged per episode on the next "
