@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "flashlb"
 
 # Lowest first. Modules of one layer may import each other.
 LAYERS = [
-    {"_C", "_build_info", "_version", "_checks", "_files", "placement", "objective", "align", "io",
-     "ops", "synthetic"},
+    {"_C", "_build_info", "_version", "_checks", "_files", "placement", "objective", "forecast", "align",
+     "io", "ops", "synthetic"},
     {"metrics", "recorder"},
     {"solvers"},
     {"api"},

@@ -192,7 +192,8 @@ def test_simulate_reports_every_policy():
     assert set(res) == set(flashlb.redeploy.POLICIES)
     for r in res.values():
         assert r.ratio.shape == (3, 3) and r.moves.shape == (3,) and r.mean_ratio >= 1
-    assert res["balancer"].total_moves <= res["default"].total_moves
+    bal = res["balancer"]  # slots move only in cycles that re-placed a layer
+    assert bool(((bal.moves > 0) <= (bal.layers > 0)).all()) and bool((bal.layers <= 3).all())
     with pytest.raises(ValueError, match="window"):
         flashlb.simulate(tr[:30], 48, 8, episode_len=8, cycle=3, window=3)
 
