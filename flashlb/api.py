@@ -129,7 +129,8 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     if previous is not None:
         previous = check_previous(previous, L, N, P, D)
     if algorithm == "default":
-        if options or previous is not None or move_penalty or max_moves is not None:
+        if options or previous is not None or move_penalty or max_moves is not None \
+                or weights is not None:
             unknown = sorted(options) + [k for k, v in (("previous", previous),
                                                         ("move_penalty", move_penalty or None),
                                                         ("max_moves", max_moves),

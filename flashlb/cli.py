@@ -247,11 +247,14 @@ def cmd_simulate(args) -> int:
             h = regime_trace(args.regime, args.episodes, args.layers, args.experts, seed=args.seed)
         except ValueError as exc:
             raise CliError(str(exc)) from None
+    # The Balancer's own defaults unless the command line sets them.
+    options = {k: v for k, v in (("threshold", args.threshold), ("move_penalty", args.move_penalty),
+                                 ("max_moves_per_cycle", args.max_moves)) if v is not None}
     try:
         with _Progress("simulating") as prog:
             res = simulate(h, args.physical, args.devices, episode_len=args.episode_len, cycle=args.cycle,
                            window=args.window, policies=policies, progress=prog.update,
-                           balancer_options={"threshold": args.threshold, "move_penalty": args.move_penalty})
+                           balancer_options=options)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     _print_simulation(res, args.expert_bytes)
@@ -449,8 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--window", type=int, default=16, help="episodes each decision sees")
     q.add_argument("--policies", default=None, help="comma-separated: balancer, fresh, forecast, previous, "
                    "default, static, clairvoyant (default: all)")
-    q.add_argument("--threshold", type=float, default=1.08, help="balancer: re-plan layers above this peak/avg")
-    q.add_argument("--move-penalty", type=float, default=3e-4, help="balancer: cost of one moved slot")
+    q.add_argument("--threshold", type=float, default=None, help="balancer: re-plan layers above this peak/avg "
+                   "(default: the Balancer's)")
+    q.add_argument("--move-penalty", type=float, default=None, help="balancer: cost of one moved slot "
+                   "(default: the Balancer's)")
+    q.add_argument("--max-moves", type=int, default=None, help="balancer: at most this many slots moved per cycle")
     q.add_argument("--expert-bytes", type=int, default=3 * 7168 * 2048,
                    help="bytes of one expert's weights (default: DeepSeek-V3 in 8 bits)")
     q.add_argument("--out", default=None, help="folder for the per-episode figure")

@@ -131,3 +131,11 @@ def test_plan_several_workloads_together(tmp_path, capsys):
     bad.write_text(json.dumps({"logical_count": torch.rand(2, 32).tolist()}))
     assert main(["plan", str(files[0]), str(bad), "-d", "4", "-p", "40", "-o", str(out)]) == 2
     assert "differ" in capsys.readouterr().err
+
+
+def test_simulate_passes_a_move_budget_to_the_balancer(capsys):
+    args = ["simulate", "--regime", "swaps", "--episodes", "24", "--layers", "2", "--experts", "16",
+            "-d", "4", "-p", "24", "--policies", "balancer"]
+    assert main(args + ["--max-moves", "0"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("balancer"))
+    assert int(line.split()[2]) == 0  # no slot moved under a budget of 0
