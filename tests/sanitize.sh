@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
+[ -x "$PY" ] || PY=$(command -v python3)
+# The tests run from a copy of the tree below: a relative interpreter path must be made absolute.
+case "$PY" in /*) ;; */*) PY="$PWD/$PY" ;; *) PY=$(command -v "$PY") ;; esac
 OUT=build/sanitize
 CXX_FLAGS="-fsanitize=address,undefined -fno-sanitize=vptr -fno-omit-frame-pointer -g -UNDEBUG \
 -DFLASHLB_BOUNDS_CHECKS -D_GLIBCXX_ASSERTIONS"
