@@ -398,13 +398,15 @@ def cmd_demo(args) -> int:
         src = str(out / "synthetic_trace.pt")
     else:
         src = str(sorted(data.glob("*.json"))[0])
-    args_plan = argparse.Namespace(loads=src, devices=32, physical=288, nodes=1, groups=None,
-                                   algorithm="flashlb", time_budget=None, previous=None, move_penalty=0.0,
-                                   episode_len=None, output=str(out / "placement.json"))
-    print(f"\n$ flashlb plan {src} --devices 32 --physical 288 -o {out / 'placement.json'}")
-    cmd_plan(args_plan)
-    print(f"\n$ flashlb report {src} --devices 32 --physical 288 --out {out}")
-    cmd_report(argparse.Namespace(loads=src, devices=32, physical=288, episode_len=None, out=str(out), cycle_len=None))
+    # Through the parser, so the demo runs exactly what a user's command line would.
+    parser = build_parser()
+    for argv in (["plan", src, "--devices", "32", "--physical", "288", "-o", str(out / "placement.json")],
+                 ["report", src, "--devices", "32", "--physical", "288", "--out", str(out)]):
+        print("\n$ flashlb " + " ".join(argv))
+        sub = parser.parse_args(argv)
+        rc = sub.func(sub)
+        if rc:
+            return rc
     print(f"\ndemo finished: placement and figures are in {out}/")
     return 0
 

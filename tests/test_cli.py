@@ -139,3 +139,17 @@ def test_simulate_passes_a_move_budget_to_the_balancer(capsys):
     assert main(args + ["--max-moves", "0"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("balancer"))
     assert int(line.split()[2]) == 0  # no slot moved under a budget of 0
+
+
+@pytest.mark.parametrize("data", ["real", "synthetic"])
+def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys, data):
+    """The README's first command: plans, writes a valid placement and the figures."""
+    if data == "synthetic":  # no real statistics: the demo plans its own synthetic trace
+        monkeypatch.setattr("flashlb.cli._data_dir", lambda: None)
+    elif __import__("flashlb.cli", fromlist=["_data_dir"])._data_dir() is None:
+        pytest.skip("the shared DeepSeek-V3 statistics (../shared/data) are not present")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    Placement.load(out / "placement.json", num_devices=32).validate()
+    assert list(out.glob("*.png"))
+    assert "demo finished" in capsys.readouterr().out
