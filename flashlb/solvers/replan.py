@@ -304,14 +304,21 @@ def _polish(starts: torch.Tensor, old: torch.Tensor, w: torch.Tensor, ew: torch.
     """The C++ local search from each start [L, K, P], paying ``penalty`` per slot moved from
     ``old`` [L, P]; kept experts back in their old slots. Returns [L, K, P]."""
     L, K, P = starts.shape
-    N = w.shape[2]
     limit = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
-    ok = old.repeat_interleave(K, 0)
-    found = joint_search(w.repeat_interleave(K, 0), ew.repeat_interleave(K, 0),
-                         init_slots=starts.reshape(L * K, P).contiguous(), anchor=ok,
+    # A layer's identical starts (the path's first point is often the old placement itself)
+    # are searched once: without perturbation rounds the descent depends on its start only.
+    same = (starts.unsqueeze(2) == starts.unsqueeze(1)).all(-1)  # [L, K, K]
+    first = ~(same & torch.ones(K, K, dtype=torch.bool).tril(-1)).any(-1)  # [L, K]
+    rows, cols = first.nonzero(as_tuple=True)
+    ok = old[rows]
+    found = joint_search(w[rows], ew[rows], init_slots=starts[rows, cols].contiguous(), anchor=ok,
                          num_devices=D, slots_per_device=P // D, smoothing=smoothing,
                          move_penalty=penalty, seed=seed, time_limit=limit).slots
-    return keep_slots(found, ok, D).view(L, K, P)
+    out = torch.empty(L, K, P, dtype=torch.int64)
+    out[rows, cols] = keep_slots(found, ok, D)
+    # Each repeated start takes the result of its first occurrence.
+    src = (same & first.unsqueeze(1)).to(torch.int8).argmax(-1)  # [L, K]
+    return out.gather(1, src.unsqueeze(-1).expand(L, K, P))
 
 
 def replan(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Tensor,

@@ -245,9 +245,58 @@ class Search {
   }
 
   // Best swap between source device a and partner b; returns the change of the objective (or 0).
+  // The figures of one slot i of a against every slot of b are computed side by side (b's
+  // replica loads transposed to [T, S]), so the loop over b's slots vectorises while each
+  // pair still sums its episodes in order: the same figures, bit for bit, as pair by pair.
   double best_swap_with(int64_t a, int64_t b, int64_t& bi, int64_t& bj) {
+    if (move_penalty_ == 0.0) return best_swap_pruned(a, b, bi, bj);
     double best = -kTol;
-    const bool prune = move_penalty_ == 0.0;
+    const int64_t S = slots_per_device_;
+    for (int64_t t = 0; t < episodes_; ++t) {
+      others_peak_[t] = weights_[t] > 0 ? peak_without(t, a, b) : 0.0;
+      load_a_[t] = device_load_[a * episodes_ + t];
+      load_b_[t] = device_load_[b * episodes_ + t];
+      for (int64_t k = 0; k < S; ++k) partner_load_[t * S + k] = replica_load_[(b * S + k) * episodes_ + t];
+    }
+    double* dp = pair_peak_.data();
+    double* ds = pair_square_.data();
+    const double* bl = partner_load_.data();
+    for (int64_t i = a * S; i < (a + 1) * S; ++i) {
+      int64_t ei = slot_expert_[i];
+      if (holds_[b * experts_ + ei]) continue;
+      const double* ri = &replica_load_[i * episodes_];
+      std::fill(dp, dp + S, 0.0);
+      std::fill(ds, ds + S, 0.0);
+      for (int64_t t = 0; t < episodes_; ++t) {
+        const double r = ri[t], la = load_a_[t], lb = load_b_[t], op = others_peak_[t];
+        const double w = weights_[t], top = top_load_[kTop * t], gap = la - lb;
+        const double* rj = bl + t * S;
+        for (int64_t k = 0; k < S; ++k) {
+          double dl = rj[k] - r;
+          double m = std::max(std::max(la + dl, lb - dl), op);
+          dp[k] += w * (m - top);
+          ds[k] += w * dl * (gap + dl);
+        }
+      }
+      for (int64_t j = b * S; j < (b + 1) * S; ++j) {
+        int64_t ej = slot_expert_[j];
+        if (holds_[a * experts_ + ej]) continue;
+        double dk = static_cast<double>(anchor_gain(a, ej) - anchor_gain(a, ei) +
+                                        anchor_gain(b, ei) - anchor_gain(b, ej));
+        double d_objective = dp[j - b * S] + 2.0 * smoothing_per_device_ * ds[j - b * S] - move_penalty_ * dk;
+        if (d_objective < best) {
+          best = d_objective;
+          bi = i;
+          bj = j;
+        }
+      }
+    }
+    return best;
+  }
+
+  // best_swap_with without move penalty: pair by pair, as the pruning skips most pairs.
+  double best_swap_pruned(int64_t a, int64_t b, int64_t& bi, int64_t& bj) {
+    double best = -kTol;
     for (int64_t t = 0; t < episodes_; ++t) {
       others_peak_[t] = weights_[t] > 0 ? peak_without(t, a, b) : 0.0;
       load_a_[t] = device_load_[a * episodes_ + t];
@@ -262,7 +311,7 @@ class Search {
         if (holds_[a * experts_ + ej]) continue;
         const double* rj = &replica_load_[j * episodes_];
         // d_peak >= key[j] - key[i] (a stays the peak of its episodes): no gain in the peaks.
-        if (prune && peak_share_[j] >= peak_share_[i]) continue;
+        if (peak_share_[j] >= peak_share_[i]) continue;
         double d_peak = 0.0, d_square = 0.0;
         for (int64_t t = 0; t < episodes_; ++t) {  // flat loop over all episodes: vectorises
           double dl = rj[t] - ri[t];
@@ -531,6 +580,9 @@ class Search {
   std::vector<double> top_load_;       // [T * kTop] their loads
   std::vector<uint8_t> changed_;       // scratch of shift_value: devices it changes [D]
   std::vector<double> others_peak_, load_a_, load_b_;  // scratch of best_swap_with [T]
+  std::vector<double> partner_load_ = std::vector<double>(episodes_ * slots_per_device_);  // [T * S]
+  std::vector<double> pair_peak_ = std::vector<double>(slots_per_device_);    // [S]
+  std::vector<double> pair_square_ = std::vector<double>(slots_per_device_);  // [S]
   std::vector<double> new_load_;       // scratch of shift_value: new loads [D * T]
   std::vector<int64_t> touched_;       // scratch of shift_value: devices it changes
   std::vector<double> peak_share_ = std::vector<double>(slots_);  // scratch of swap_step [P]
