@@ -1,7 +1,7 @@
 """Serving-time balance under drift: what each policy gives the steps it serves, per byte moved.
 
     .venv/bin/python bench/serving.py [--quick] [--seeds 101,102] [--regimes swaps,switch]
-                                      [--png balance_vs_moves.png]
+                                      [--png out/serving_balance_vs_moves.png]
 
 Protocol (flashlb.simulate): whole-model traces (58 layers x 256 experts, 288 slots on 32
 devices, 16 steps x 4096 tokens x top-8 per episode) of each drift regime of
@@ -86,6 +86,7 @@ def draw(points, refs, path, title):
     ax.set_ylabel("next-window mean per-episode peak/avg")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -143,7 +144,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="three regimes, fewer cycles (< 2 min)")
     ap.add_argument("--seeds", default=None, help="comma-separated trace seeds (held out: never tuned on)")
     ap.add_argument("--regimes", default=None, help=f"comma-separated, from {','.join(REGIMES)}")
-    ap.add_argument("--png", default="serving_balance_vs_moves.png", help="balance-vs-moves figure")
+    ap.add_argument("--png", default="out/serving_balance_vs_moves.png", help="balance-vs-moves figure (out/ is ignored by git)")
     args = ap.parse_args()
     quick = args.quick
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [101]
