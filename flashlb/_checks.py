@@ -66,6 +66,16 @@ def check_number(value, name: str, *, minimum: float = 0.0, maximum: float = flo
     return v
 
 
+def check_budget(value, name: str) -> int | None:
+    """A move budget: None (no cap) or an integer >= 0; NaN, floats and bools refused (a budget
+    counts slots)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        raise ValueError(f"{name} must be an integer >= 0 or None, got {value!r}")
+    return check_int(value, name, 0)
+
+
 def check_seed(seed, name: str = "seed") -> int:
     """An int in [0, 2**63): the C++ search takes a signed 64-bit seed."""
     s = check_int(seed, name, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import (MAX_SECONDS, as_hotness, check_groups, check_int, check_memory, check_number,
+from ._checks import (MAX_SECONDS, as_hotness, check_budget, check_groups, check_int, check_memory, check_number,
                       check_seed, check_sizes, scaled_to_max)
 from .placement import Placement
 from .solvers.greedy import greedy_global, greedy_hierarchical
@@ -104,10 +104,9 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
         time_budget = check_number(time_budget, "time_budget", maximum=MAX_SECONDS, positive=True)
     seed = check_seed(seed)
     move_penalty = check_number(move_penalty, "move_penalty", maximum=1e6)
+    max_moves = check_budget(max_moves, "max_moves")
     if max_moves is not None:
-        if isinstance(max_moves, float):  # NaN, inf and 3.0 alike: a budget counts slots
-            raise ValueError(f"max_moves must be an integer >= 0 or None, got {max_moves!r}")
-        max_moves = min(check_int(max_moves, "max_moves", 0), L * P)
+        max_moves = min(max_moves, L * P)
         if previous is None:
             raise ValueError("max_moves needs previous (the placement in service)")
     if "smoothing" in options:

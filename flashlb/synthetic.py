@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_int, check_number
 
 __all__ = ["drifting_trace", "small_instance", "SMALL_KINDS", "regime_trace", "REGIMES", "popularity",
            "sample_counts", "stationary_trace", "drift_trace", "swap_trace", "burst_trace", "switch_trace"]
@@ -109,13 +109,6 @@ def _check_sizes(num_episodes, num_layers, num_experts, group_size):
     return T, L, N, G
 
 
-def _check_float(value, name: str, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-            or value in (float("inf"), float("-inf")) or value < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}")
-    return float(value)
-
-
 def popularity(num_layers: int, num_experts: int, g: torch.Generator, *, skew: float,
                group_size: int, group_share: float = 0.5) -> torch.Tensor:
     """Log-popularity ``[L, N]`` with spread ``skew``: a group factor shared by each block of
@@ -153,8 +146,8 @@ def stationary_trace(num_episodes: int, num_layers: int = 58, num_experts: int =
     """``[T, L, N]``: a fixed popularity per layer; episodes differ by noise only."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
     g = torch.Generator().manual_seed(int(seed))
-    base = popularity(L, N, g, skew=_check_float(skew, "skew"), group_size=G)
-    return sample_counts(base.expand(T, L, N), g, noise=_check_float(noise, "noise"),
+    base = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
+    return sample_counts(base.expand(T, L, N), g, noise=check_number(noise, "noise"),
                          tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
 
 
@@ -165,10 +158,10 @@ def drift_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256,
     ``drift`` per episode, half of it shared by its group (groups drift together)."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
     g = torch.Generator().manual_seed(int(seed))
-    d = _check_float(drift, "drift")
-    base = popularity(L, N, g, skew=_check_float(skew, "skew"), group_size=G)
+    d = check_number(drift, "drift")
+    base = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
     steps = torch.stack([popularity(L, N, g, skew=d, group_size=G) for _ in range(T)])
-    return sample_counts(base + steps.cumsum(0), g, noise=_check_float(noise, "noise"),
+    return sample_counts(base + steps.cumsum(0), g, noise=check_number(noise, "noise"),
                          tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
 
 
@@ -182,10 +175,10 @@ def swap_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, 
     next swap. Between swaps popularity holds still (plus the episode noise)."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
     g = torch.Generator().manual_seed(int(seed))
-    rate = _check_float(swap_rate, "swap_rate")
+    rate = check_number(swap_rate, "swap_rate")
     if rate > 1:
         raise ValueError(f"swap_rate must be a probability in [0, 1], got {swap_rate!r}")
-    logit = popularity(L, N, g, skew=_check_float(skew, "skew"), group_size=G)
+    logit = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
     path = torch.empty(T, L, N, dtype=torch.float64)
     K = N // G
     for t in range(T):
@@ -196,7 +189,7 @@ def swap_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, 
             cold = int(torch.randint(K - 1, (1,), generator=g))
             _swap_groups(logit, layer, hot, cold + (cold >= hot), G)
         path[t] = logit
-    return sample_counts(path, g, noise=_check_float(noise, "noise"),
+    return sample_counts(path, g, noise=check_number(noise, "noise"),
                          tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
 
 
@@ -209,12 +202,12 @@ def burst_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256,
     log-popularity, decaying linearly to nothing over ``burst_len`` episodes."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
     g = torch.Generator().manual_seed(int(seed))
-    rate = _check_float(burst_rate, "burst_rate")
+    rate = check_number(burst_rate, "burst_rate")
     if rate > 1:
         raise ValueError(f"burst_rate must be a probability in [0, 1], got {burst_rate!r}")
-    size = _check_float(burst_size, "burst_size")
+    size = check_number(burst_size, "burst_size")
     span = check_int(burst_len, "burst_len")
-    base = popularity(L, N, g, skew=_check_float(skew, "skew"), group_size=G)
+    base = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
     K = N // G
     onset = (torch.rand(T, L, generator=g, dtype=torch.float64) < rate).to(torch.float64)
     group = torch.randint(K, (T, L), generator=g)
@@ -223,7 +216,7 @@ def burst_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256,
     for age in range(span):  # a burst started `age` episodes ago still adds (1 - age/span)
         surge[age:] += kick[: T - age] * (1 - age / span)
     path = base + size * surge.repeat_interleave(G, 2)
-    return sample_counts(path, g, noise=_check_float(noise, "noise"),
+    return sample_counts(path, g, noise=check_number(noise, "noise"),
                          tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
 
 
@@ -237,21 +230,21 @@ def switch_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256
     prefill profile, so mostly other experts are hot)."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
     g = torch.Generator().manual_seed(int(seed))
-    ov = _check_float(overlap, "overlap")
+    ov = check_number(overlap, "overlap")
     if ov > 1:
         raise ValueError(f"overlap must be in [0, 1], got {overlap!r}")
     unit_a = popularity(L, N, g, skew=1.0, group_size=G)
     unit_b = ov * unit_a + (1 - ov * ov) ** 0.5 * popularity(L, N, g, skew=1.0, group_size=G)
     frac = torch.rand((), generator=g, dtype=torch.float64).item() * 0.5 + 0.25
     if switch_at is not None:
-        frac = _check_float(switch_at, "switch_at")
+        frac = check_number(switch_at, "switch_at")
         if frac > 1:
             raise ValueError(f"switch_at must be a fraction in [0, 1], got {switch_at!r}")
     cut = int(round(frac * T))
     path = torch.empty(T, L, N, dtype=torch.float64)
-    path[:cut] = _check_float(prefill_skew, "prefill_skew") * unit_a
-    path[cut:] = _check_float(decode_skew, "decode_skew") * unit_b
-    return sample_counts(path, g, noise=_check_float(noise, "noise"),
+    path[:cut] = check_number(prefill_skew, "prefill_skew") * unit_a
+    path[cut:] = check_number(decode_skew, "decode_skew") * unit_b
+    return sample_counts(path, g, noise=check_number(noise, "noise"),
                          tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
 
 

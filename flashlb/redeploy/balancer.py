@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import metrics
-from .._checks import as_hotness, check_int, check_number, check_sizes
+from .._checks import as_hotness, check_budget, check_int, check_number, check_sizes
 from .._files import atomic_write, read_data
 from ..api import check_previous, plan
 from ..placement import Placement
@@ -82,8 +82,8 @@ class Balancer:
         self.min_gain = float(min_gain)
         self.move_penalty = check_number(move_penalty, "move_penalty", maximum=1e6)
         self.max_layers = None if max_layers_per_cycle is None else check_int(max_layers_per_cycle, "max_layers_per_cycle")
-        self.max_moves = _budget(max_moves_per_cycle, "max_moves_per_cycle")
-        self.max_bytes = _budget(max_bytes_per_cycle, "max_bytes_per_cycle")
+        self.max_moves = check_budget(max_moves_per_cycle, "max_moves_per_cycle")
+        self.max_bytes = check_budget(max_bytes_per_cycle, "max_bytes_per_cycle")
         self.expert_bytes = None if expert_bytes is None else check_int(expert_bytes, "expert_bytes", 0)
         if self.max_bytes is not None and not self.expert_bytes:
             raise ValueError("max_bytes_per_cycle needs expert_bytes (the weight bytes of one expert) > 0")
@@ -192,12 +192,3 @@ class Balancer:
             self.load_state_dict(state)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: {exc}") from None
-
-
-def _budget(value, name: str) -> int | None:
-    """A per-cycle budget: None (no cap) or an integer >= 0; NaN, floats and bools refused."""
-    if value is None:
-        return None
-    if isinstance(value, float):
-        raise ValueError(f"{name} must be an integer >= 0 or None, got {value!r}")
-    return check_int(value, name, 0)
