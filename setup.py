@@ -37,6 +37,12 @@ sources = sorted(
     if os.sep + "npu" + os.sep not in p
 )
 
+# at::parallel_for (the solver's problems, the hotness histograms) is inline code: under a torch
+# built with OpenMP it runs on threads only if the extension is compiled with -fopenmp, and
+# serially otherwise. Compile-only: the GOMP symbols bind to the runtime torch already loads,
+# so no second OpenMP runtime (with its own thread pool) enters the process.
+OPENMP = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+
 setup(
     install_requires=[f"torch=={TORCH_RELEASE}", "numpy", "safetensors"],
     ext_modules=[
@@ -44,7 +50,7 @@ setup(
             "flashlb._C",
             sources,
             include_dirs=[os.path.join(HERE, "host", "include")],
-            extra_compile_args=["-O3", "-std=c++20"],
+            extra_compile_args=["-O3", "-std=c++20"] + OPENMP,
         )
     ],
     cmdclass={"build_ext": BuildExtension},

@@ -222,10 +222,13 @@ def plan_near_previous(loads: torch.Tensor, weights: torch.Tensor, previous: Pla
         pick = choose(objective, moves, move_penalty, budget)
         out[rows] = cands[torch.arange(rows.numel()), pick]
         return out
-    out[rows] = replan(old[rows], fresh[rows], loads[rows], weights[rows], D,
-                       move_penalty=move_penalty, max_moves=budget,
-                       smoothing=settings.smoothing, seed=settings.seed,
-                       deadline=settings.deadline)
+    chosen = replan(old[rows], fresh[rows], loads[rows], weights[rows], D,
+                    move_penalty=move_penalty, max_moves=budget,
+                    smoothing=settings.smoothing, seed=settings.seed,
+                    deadline=settings.deadline)
+    # A point the local search improved may have its devices in another order than the
+    # placement in service; relabelling them keeps the loads and never adds a move.
+    out[rows] = align_to(Placement.from_phy2log(chosen, N, D), previous.select_layers(rows)).phy2log
     return out
 
 

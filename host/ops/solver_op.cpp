@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <optional>
@@ -92,22 +94,33 @@ std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
   int64_t* sp = slots.data_ptr<int64_t>();
   const int64_t* ap = anc.defined() ? anc.data_ptr<int64_t>() : nullptr;
   double* st = stats.data_ptr<double>();
-  at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
-    // Each thread works through its problems in turn: with a time limit, the k-th of them
-    // must end by k / count of the limit, so every problem gets its share and time one
-    // leaves over passes to the next (a shared deadline went to the first ones only).
-    const auto start = std::chrono::steady_clock::now();
-    for (int64_t b = lo; b < hi; ++b) {
+  // Problems are handed out one at a time (their costs differ a lot: a start near a local
+  // optimum ends at once), so no thread idles while another has a queue. With a time limit,
+  // a problem started with R problems left and W threads at work may use W / R of the time
+  // that remains: every problem gets its share, and time one leaves over passes to the rest.
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads()));
+  std::atomic<int64_t> next{0};
+  const auto start = std::chrono::steady_clock::now();
+  const auto end = time_limit.has_value()
+                       ? start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                     std::chrono::duration<double>(*time_limit))
+                       : std::chrono::steady_clock::time_point::max();
+  at::parallel_for(0, workers, 1, [&](int64_t lo, int64_t hi) {
+    // Run inline (inside another parallel region, or one thread), one call gets every worker.
+    const int64_t at_work = std::max<int64_t>(1, workers / std::max<int64_t>(1, hi - lo));
+    for (int64_t b = next.fetch_add(1); b < B; b = next.fetch_add(1)) {
       SearchOptions opt;
       opt.smoothing = smoothing;
       opt.move_penalty = move_penalty;
       opt.perturb_rounds = perturb_rounds;
       opt.seed = static_cast<uint64_t>(seed) * 1000003ull + static_cast<uint64_t>(b);
-      if (time_limit.has_value())
-        opt.deadline = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                   std::chrono::duration<double>(
-                                       *time_limit * static_cast<double>(b - lo + 1) /
-                                       static_cast<double>(hi - lo)));
+      if (time_limit.has_value()) {
+        const auto now = std::chrono::steady_clock::now();
+        const double share = static_cast<double>(at_work) / static_cast<double>(std::max<int64_t>(at_work, B - b));
+        opt.deadline = now < end ? now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                             (end - now) * share)
+                                 : end;
+      }
       opt.build = build;
       SearchResult r = joint_search(T, N, num_devices, slots_per_device, wp + b * T * N,
                                     ep + b * T, cp + b * N, sp + b * P,
