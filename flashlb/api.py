@@ -204,14 +204,18 @@ def _forecast_options(forecast) -> dict | None:
     if not isinstance(forecast, dict):
         raise TypeError(f"forecast must be True, False or a dict of options, got {type(forecast).__name__}")
     unknown = sorted(set(forecast) - {"change_threshold", "level_half_life", "shrink", "keep_episodes",
-                                       "min_segment"})
+                                       "min_segment", "persistence", "scenario_half_life"})
     if unknown:
         raise ValueError(f"forecast: unknown options {unknown}")
-    for key in ("change_threshold", "level_half_life"):
+    for key in ("change_threshold", "level_half_life", "scenario_half_life"):
         v = forecast.get(key, DEFAULT.get(key))
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
                               or v == float("inf")):
             raise ValueError(f"forecast[{key!r}] must be a finite number > 0 or None, got {v!r}")
+    persist = forecast.get("persistence", DEFAULT.get("persistence"))
+    if persist is not None and (isinstance(persist, bool) or not isinstance(persist, (int, float))
+                                or not 0 < persist <= 1):
+        raise ValueError(f"forecast['persistence'] must be a number in (0, 1] or None, got {persist!r}")
     keep = forecast.get("keep_episodes", 0.0)
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 <= keep < 1:
         raise ValueError(f"forecast['keep_episodes'] must be a number in [0, 1), got {keep!r}")

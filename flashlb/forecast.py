@@ -6,12 +6,15 @@ scenarios are and how much each weighs, from the episodes alone (pure tensor fun
 
 1. **Regime changes.** Per layer and expert, the strongest change point (the split of the
    window whose two means differ most, as a z-score against the noise between consecutive
-   episodes): the expert's share before it describes a popularity that is gone.
+   episodes): the expert's share before it describes a popularity that is gone. A change
+   counts only if it lasts: the later half of the episodes after it must keep most of the
+   jump (``persistence``), so a surge that is already fading is not taken for a new level.
 2. **Level.** The next window's expected share of each expert: a (recency-weighted, with
    ``level_half_life``) mean of the episodes after its change point.
 3. **Noise.** Each episode becomes one scenario: the level plus that episode's deviation
    from the mean of its own segment, so the plan stays robust to the noise between episodes
-   (the multi-episode objective) while aiming at where the loads are going.
+   (the multi-episode objective) while aiming at where the loads are going; the latest
+   scenarios may weigh more (``scenario_half_life``).
 
 Scenarios are in token units (each layer's scenarios sum to its mean tokens per episode).
 """
@@ -20,13 +23,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["shares", "noise_scale", "change_scores", "change_points", "recency_weights", "forecast_scenarios", "DEFAULT"]
+__all__ = ["shares", "noise_scale", "change_scores", "change_points", "persistent_changes",
+           "recency_weights", "forecast_scenarios", "DEFAULT"]
 
-# The options of flashlb.plan(forecast=True): of the variants measured on every regime of
-# flashlb.synthetic (next-window peak/avg of fresh plans every cycle, seeds 11, 12, 21, 22),
-# the one that lost least to planning on the episodes as they are (see README: none won, so
-# plan's default is forecast=False).
-DEFAULT = {"change_threshold": 5.0, "level_half_life": None, "min_segment": 4}
+# The options of flashlb.plan(forecast=True): the best of the variants measured on every regime
+# of flashlb.synthetic (next-window peak/avg of fresh plans every cycle, tuning seeds 11, 12, 21,
+# 22, 12 layers). Against planning on the episodes as they are it gains ~0.7% on hot/cold swaps
+# and ~0.1% on average, within the spread between seeds, so plan's default stays forecast=False
+# (see README, "Plan for the next window").
+DEFAULT = {"change_threshold": 5.0, "level_half_life": None, "min_segment": 4,
+           "persistence": 0.3, "scenario_half_life": 4.0}
 
 
 def shares(episodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +94,37 @@ def change_points(s: torch.Tensor, live: torch.Tensor, *, threshold: float,
     return torch.where(z > threshold, k, torch.zeros_like(k))
 
 
+def persistent_changes(s: torch.Tensor, live: torch.Tensor, split: torch.Tensor,
+                       min_retained: float) -> torch.Tensor:
+    """Per layer and expert, whether the change at ``split`` lasts.
+
+    s: [T, L, N] shares, live: [T, L], split: [L, N] int64 (first episode after the change)
+    -> [L, N] bool. The live episodes after the split are cut into an earlier and a later half;
+    the change lasts if the later half's jump from the mean before the split is between
+    ``min_retained`` and ``1 / min_retained`` times the earlier half's (same sign). A level
+    shift keeps its jump (ratio ~1); a surge that fades does not (ratio ~0).
+    """
+    T = s.shape[0]
+    idx = torch.arange(T).view(T, 1, 1)
+    lv = live.to(s.dtype).unsqueeze(-1)  # [T, L, 1]
+    k = split.unsqueeze(0)  # [1, L, N]
+    after = (idx >= k).to(s.dtype) * lv  # [T, L, N]
+    rank = after.cumsum(0)  # 1, 2, ... over the live episodes after the split
+    half = (after.sum(0, keepdim=True) / 2).ceil()
+    early = after * (rank <= half)
+    late = after - early
+    before = (idx < k).to(s.dtype) * lv
+
+    def mean(w):
+        return (s * w).sum(0) / w.sum(0).clamp_min(1)
+
+    base = mean(before)
+    j1, j2 = mean(early) - base, mean(late) - base
+    ratio = j2 / torch.where(j1 != 0, j1, torch.ones_like(j1))
+    ok = (late.sum(0) > 0) & (before.sum(0) > 0) & (j1 != 0)
+    return ok & (ratio >= min_retained) & (ratio <= 1 / min_retained)
+
+
 def recency_weights(start: torch.Tensor, live: torch.Tensor,
                     half_life: float | None) -> torch.Tensor:
     """Weights over episodes summing to 1 (0 where nothing is live): episodes from ``start``
@@ -107,8 +144,9 @@ def recency_weights(start: torch.Tensor, live: torch.Tensor,
 
 def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None = 4.0,
                        level_half_life: float | None = 4.0, shrink: bool = False,
-                       keep_episodes: float = 0.0,
-                       min_segment: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+                       keep_episodes: float = 0.0, min_segment: int = 2,
+                       persistence: float | None = None,
+                       scenario_half_life: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scenarios of the next window from the episodes of the last one.
 
     episodes: [T, L, N] float64 loads. change_threshold: the z-score above which an expert's
@@ -118,10 +156,14 @@ def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None
     by 1 - (change_threshold / z)^2 (weak evidence, small step).
     keep_episodes: a weight in [0, 1) for the episodes as they are, kept as scenarios beside
     the forecast ones (a hedge in case the change does not last); > 0 doubles the scenarios.
+    min_segment: live episodes each side of a change point keeps at least.
+    persistence: in (0, 1]; a change point counts only if it lasts by
+    :func:`persistent_changes` with this ``min_retained`` (None: every change above the threshold).
+    scenario_half_life: episodes; the scenarios of the latest episodes weigh more (None: equally).
     Returns (scenarios [T', L, N], weights [T', L]) with T' = T (or 2T with keep_episodes):
     scenario t is the level plus episode t's deviation from the mean of its own segment (per
     expert), so every episode keeps serving as a sample of the noise; weights are equal over a
-    layer's live episodes.
+    layer's live episodes (decaying with age with ``scenario_half_life``).
     """
     h = episodes.to(torch.float64)
     T, L, N = h.shape
@@ -131,7 +173,10 @@ def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None
         start, z = zero, torch.zeros(L, N, dtype=torch.float64)
     else:
         z, k = change_scores(s, live, min_segment=min_segment)
-        start = torch.where(z > change_threshold, k, zero)
+        changed = z > change_threshold
+        if persistence is not None:
+            changed = changed & persistent_changes(s, live, k, persistence)
+        start = torch.where(changed, k, zero)
     post = recency_weights(start, live, None)  # [T, L, N]
     every = recency_weights(zero, live, None)
     post_mean = (s * post).sum(0)  # [L, N]
@@ -148,7 +193,7 @@ def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None
     scen = (level + (s - seg_mean)).clamp_min(0)
     scen = scen / scen.sum(-1, keepdim=True).clamp_min(1e-300)
     tokens = (h.sum(-1) * live).sum(0) / live.sum(0).clamp_min(1)  # [L] mean tokens per live episode
-    w = recency_weights(torch.zeros(L, dtype=torch.int64), live, None)  # [T, L]
+    w = recency_weights(torch.zeros(L, dtype=torch.int64), live, scenario_half_life)  # [T, L]
     scen = torch.where(live.unsqueeze(-1), scen * tokens.view(1, L, 1), torch.zeros_like(scen))
     if keep_episodes > 0:
         raw = torch.where(live.unsqueeze(-1), s * tokens.view(1, L, 1), torch.zeros_like(s))

@@ -5,7 +5,7 @@ import torch
 
 import flashlb
 from flashlb import metrics
-from flashlb.forecast import change_points, forecast_scenarios, shares
+from flashlb.forecast import change_points, forecast_scenarios, persistent_changes, shares
 
 
 def _noisy(T, L, N, seed, noise=0.1):
@@ -105,3 +105,47 @@ def test_plan_workloads_plans_each_workload_as_a_scenario():
         flashlb.plan_workloads([a, b[:2]], 48, 8)
     with pytest.raises(ValueError, match="one number per workload"):
         flashlb.plan_workloads([a, b], 48, 8, weights=[1.0])
+
+
+def test_a_lasting_step_persists_and_a_fading_surge_does_not():
+    h = _noisy(16, 1, 8, 4, noise=0.02)
+    h[8:, 0, 2] *= 4  # expert 2: a new level from episode 8 on
+    h[8, 0, 5] *= 6  # expert 5: a surge at episode 8 that fades within three episodes
+    h[9, 0, 5] *= 3
+    h[10, 0, 5] *= 1.5
+    s, live = shares(h)
+    split = torch.full((1, 8), 8, dtype=torch.int64)
+    lasting = persistent_changes(s, live, split, 0.3)
+    assert bool(lasting[0, 2]) and not bool(lasting[0, 5])
+    # the same split seen through the z-score: both cross a threshold, only the step is kept
+    assert int(change_points(s, live, threshold=5.0, min_segment=4)[0, 5]) > 0
+    scen, _ = forecast_scenarios(h, change_threshold=5.0, level_half_life=None, min_segment=4,
+                                 persistence=0.3)
+    share = scen / scen.sum(-1, keepdim=True)
+    # expert 5 keeps its episodes as they are (no new level), expert 2 is at its new level
+    torch.testing.assert_close(share[:, 0, 5], s[:, 0, 5], rtol=0.05, atol=0)
+    assert float(share[:, 0, 2].mean()) > 0.9 * float(s[8:, 0, 2].mean())
+
+
+def test_scenario_half_life_weighs_the_latest_episodes_more():
+    h = _noisy(8, 2, 16, 5)
+    h[7, 1] = 0  # an idle last episode in layer 1 weighs nothing
+    _, w = forecast_scenarios(h, change_threshold=None, level_half_life=None, scenario_half_life=2.0)
+    torch.testing.assert_close(w.sum(0), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(w[7, 0] / w[5, 0], torch.tensor(2.0, dtype=torch.float64))
+    torch.testing.assert_close(w[6, 0] / w[0, 0], torch.tensor(8.0, dtype=torch.float64))
+    assert float(w[7, 1]) == 0 and float(w[6, 1]) > float(w[5, 1])
+
+
+def test_forecast_default_options_and_their_bad_values():
+    h = _noisy(16, 2, 16, 6)
+    scen, w = forecast_scenarios(h, **flashlb.forecast.DEFAULT)
+    assert scen.shape == h.shape and w.shape == (16, 2)
+    torch.testing.assert_close(scen.sum(-1), h.sum(-1).mean(0).expand(16, 2))
+    assert bool((w[1:] > w[:-1]).all())  # the default weighs recent scenarios more
+    for bad in (0, 1.5, -0.1, True, "x", float("nan")):
+        with pytest.raises(ValueError, match="persistence"):
+            flashlb.plan(h, 24, 4, forecast={"persistence": bad})
+    with pytest.raises(ValueError, match="scenario_half_life"):
+        flashlb.plan(h, 24, 4, forecast={"scenario_half_life": -1.0})
+    flashlb.plan(h, 24, 4, forecast={"persistence": None, "scenario_half_life": None})
