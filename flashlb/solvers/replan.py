@@ -333,18 +333,44 @@ def replan(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Te
     fresh counts on the old placement) as they are and improved by the local search at
     ``move_penalty``; under a budget also the search from ``old`` at dearer
     moves (:data:`BUDGET_LADDER`), which gives the frontier its points with few moves.
+    The searches from the path's first point (``fractions[0]``, 0: ``old`` itself) and from
+    the counts point run for every layer; those from the further points only where the
+    fresh plan already beats them all on objective + penalty x moves (or under a budget):
+    elsewhere the move penalty has never been seen to pick them, and they cost a third of
+    the decision time.
     """
-    raw = torch.cat([path_points(old, fresh, w, ew, num_devices, fractions),
-                     counts_point(old, fresh, w, ew, num_devices).unsqueeze(1)], 1)  # [L, K, P]
+    pts = path_points(old, fresh, w, ew, num_devices, fractions)  # [L, K, P], k = 0: old
+    raw = torch.cat([pts, counts_point(old, fresh, w, ew, num_devices).unsqueeze(1)], 1)
     near = dict(smoothing=smoothing, seed=seed, deadline=deadline)
-    cands = [old.unsqueeze(1), fresh.unsqueeze(1), raw[:, 1:],
-             _polish(raw, old, w, ew, num_devices, move_penalty, **near)]
+    K = pts.shape[1]
+    # First the searches from the placement in service and from the fresh counts on it: the
+    # points with few moves, which a move penalty nearly always picks.
+    close = _polish(raw[:, [0, K]], old, w, ew, num_devices, move_penalty, **near)
+    cands = torch.cat([old.unsqueeze(1), fresh.unsqueeze(1), raw[:, 1:], close], 1)
+    obj, moves = score_points(cands, old, w, ew, num_devices)
+    more = []
+    if K > 1:
+        # The searches from the points further on, only for the layers where they can pay:
+        # the fresh plan beats every candidate so far (moving far is worth its moves there),
+        # or a budget is shared (the knapsack weighs every frontier point).
+        score = obj + (float(move_penalty) + _TIE) * moves.to(obj.dtype)
+        far = score[:, 1] < torch.cat([score[:, :1], score[:, 2:]], 1).amin(1)
+        if max_moves is not None:
+            far = torch.ones_like(far)
+        further = raw[:, 1:K].clone()  # layers that skip the search keep the raw points
+        rows = far.nonzero().flatten()
+        if rows.numel():
+            further[rows] = _polish(raw[rows, 1:K], old[rows], w[rows], ew[rows], num_devices,
+                                    move_penalty, **near)
+        more.append(further)
     if max_moves is not None:
         base = max(float(move_penalty), LADDER_BASE)
         for factor in BUDGET_LADDER:
-            cands.append(_polish(old.unsqueeze(1), old, w, ew, num_devices, base * factor, **near))
-    cands = torch.cat(cands, 1)
-    obj, moves = score_points(cands, old, w, ew, num_devices)
+            more.append(_polish(old.unsqueeze(1), old, w, ew, num_devices, base * factor, **near))
+    if more:
+        extra = torch.cat(more, 1)
+        o2, m2 = score_points(extra, old, w, ew, num_devices)
+        cands, obj, moves = torch.cat([cands, extra], 1), torch.cat([obj, o2], 1), torch.cat([moves, m2], 1)
     pick = choose(obj, moves, move_penalty, max_moves)
     L, P = old.shape
     return cands.gather(1, pick.view(L, 1, 1).expand(L, 1, P)).squeeze(1)
