@@ -209,3 +209,24 @@ def test_hierarchical_plans_stay_hierarchical_near_a_previous_placement():
         assert not n0 & n1
     fresh = flashlb.plan(h2, 48, 8, num_groups=8, num_nodes=2)
     assert metrics.moves(old, new).sum() <= metrics.moves(old, fresh).sum()
+
+
+def test_balancer_serves_what_the_plan_chose_on_its_own_objective():
+    # The Balancer's defaults plan on the forecast; with min_gain=0 it keeps exactly what
+    # plan(previous=...) chose, even where the plain window ratio would disagree, and with
+    # min_gain > 0 only layers whose window ratio drops by that much.
+    from flashlb.synthetic import swap_trace
+
+    h = swap_trace(32, 4, 32, group_size=4, seed=3)
+    current = flashlb.plan(h[:16], 40, 8)
+    window = h[16:]
+    up = Balancer(40, 8).step(window, current)
+    planned = flashlb.plan(window, 40, 8, previous=current, move_penalty=6e-4, forecast=True)
+    changed = metrics.moves(current, planned) > 0
+    assert torch.equal(up.placement.phy2log, planned.phy2log)
+    assert sorted(up.layers.tolist()) == changed.nonzero().flatten().tolist()
+    gated = Balancer(40, 8, min_gain=0.01).step(window, current)
+    gain = metrics.balance_ratio(current, window) - metrics.balance_ratio(planned, window)
+    assert sorted(gated.layers.tolist()) == (changed & (gain >= 0.01)).nonzero().flatten().tolist()
+    with pytest.raises(TypeError, match="forecast"):
+        Balancer(40, 8, forecast="yes")
