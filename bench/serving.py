@@ -1,7 +1,8 @@
 """Serving-time balance under drift: what each policy gives the steps it serves, per byte moved.
 
     .venv/bin/python bench/serving.py [--quick] [--seeds 101,102] [--regimes swaps,switch]
-                                      [--png out/serving_balance_vs_moves.png]
+                                      [--policies balancer,fresh,default,vllm-ascend-flashlb]
+                                      [--tables-only] [--png out/serving_balance_vs_moves.png]
 
 Protocol (flashlb.simulate): whole-model traces (58 layers x 256 experts, 288 slots on 32
 devices, 16 steps x 4096 tokens x top-8 per episode) of each drift regime of
@@ -11,12 +12,17 @@ regime and seed: next-window mean per-episode peak/avg, slots moved, bytes moved
 expert: 3 matrices of 7168 x 2048 in 8 bits), seconds per decision; the forecast's gain
 (forecast vs fresh); the balance-vs-moves curve over Balancer move budgets (PNG); and
 workloads planned together (real DeepSeek-V3 statistics in ../shared/data, leave one out).
+
+The column vllm-ascend-flashlb is the public FlashLB policy of vllm-ascend in its own update
+loop (bench/upstream_flashlb.py); it runs only where numba, scipy and the vllm-ascend sources
+are found, and is skipped with one line otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +33,8 @@ from flashlb import metrics
 from flashlb.redeploy.simulate import POLICIES, POLICY_HELP
 from flashlb.synthetic import REGIMES, regime_trace
 
+import upstream_flashlb as upstream  # bench/, beside this script
+
 L, N, P, D = 58, 256, 288, 32
 EXPERT_BYTES = 3 * 7168 * 2048  # 44,040,192: gate, up and down projections in 8 bits
 CYCLE, WINDOW = 8, 16
@@ -36,15 +44,37 @@ DATA = Path(os.environ.get("FLASHLB_DATA") or
 
 def run_regime(regime, seed, cycles, policies, layers):
     trace = regime_trace(regime, WINDOW + CYCLE * cycles, layers, N, seed=seed)
-    return flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=policies)
+    ours = tuple(p for p in policies if p in POLICIES)
+    res = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=ours) if ours else {}
+    if upstream.POLICY in policies:
+        up, info = upstream.run_isolated(trace, P, D, cycle=CYCLE, window=WINDOW)
+        if up is None:
+            print(f"    {upstream.POLICY}: no result, {info}")
+        else:
+            res[upstream.POLICY] = up
+            print(f"    {upstream.POLICY}: {int(up.layers.sum())} layer re-plans applied, "
+                  f"{info['reset']} reset by the worker's placement check")
+    return res
+
+
+def against_upstream(res):
+    """The issue's bar: the Balancer below the public FlashLB's ratio at <= 1/3 of its moves."""
+    bal, up = res.get("balancer"), res.get(upstream.POLICY)
+    if bal is None or up is None:
+        return
+    share = bal.total_moves / max(up.total_moves, 1)
+    below, few = bal.mean_ratio < up.mean_ratio, share <= 1 / 3
+    print(f"    Balancer vs public FlashLB: {bal.mean_ratio:.4f} vs {up.mean_ratio:.4f} "
+          f"({'below' if below else 'NOT below'}), at {100 * share:.1f}% of its moves "
+          f"({'<=' if few else 'NOT <='} 1/3): {'met' if below and few else 'not met'}")
 
 
 def print_table(res, layers):
     scale = L / layers  # moves and bytes as for the whole model when fewer layers are run
-    print(f"    {'policy':12s} {'next-window peak/avg':>21s} {'slots moved':>12s} {'GB moved':>9s} {'s/decision':>11s}")
+    print(f"    {'policy':19s} {'next-window peak/avg':>21s} {'slots moved':>12s} {'GB moved':>9s} {'s/decision':>11s}")
     for name, r in res.items():
         mv = r.total_moves * scale
-        print(f"    {name:12s} {r.mean_ratio:21.4f} {mv:12.0f} {mv * EXPERT_BYTES / 1e9:9.1f} "
+        print(f"    {name:19s} {r.mean_ratio:21.4f} {mv:12.0f} {mv * EXPERT_BYTES / 1e9:9.1f} "
               f"{r.seconds_per_decision:11.3f}")
 
 
@@ -144,6 +174,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="three regimes, fewer cycles (< 2 min)")
     ap.add_argument("--seeds", default=None, help="comma-separated trace seeds (held out: never tuned on)")
     ap.add_argument("--regimes", default=None, help=f"comma-separated, from {','.join(REGIMES)}")
+    ap.add_argument("--policies", default=None,
+                    help=f"comma-separated, from {','.join(POLICIES + (upstream.POLICY,))} (default: all)")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="only the per-regime tables (no move-budget curve, workloads or timings)")
     ap.add_argument("--png", default="out/serving_balance_vs_moves.png", help="balance-vs-moves figure (out/ is ignored by git)")
     args = ap.parse_args()
     quick = args.quick
@@ -151,12 +185,19 @@ def main():
     regimes = args.regimes.split(",") if args.regimes else (["swaps", "switch", "stationary"] if quick else list(REGIMES))
     cycles = 3 if quick else 18
     layers = L
-    policies = POLICIES
+    policies = tuple(args.policies.split(",")) if args.policies else POLICIES + (upstream.POLICY,)
+    unknown = set(policies) - set(POLICIES) - {upstream.POLICY}
+    if unknown:
+        ap.error(f"unknown policies {sorted(unknown)}")
+    why = upstream.unavailable() if upstream.POLICY in policies else None
+    if why:
+        print(f"{upstream.POLICY}: skipped, {why}")
+        policies = tuple(p for p in policies if p != upstream.POLICY)
     print(f"serving protocol: every {CYCLE} episodes re-plan from the last {WINDOW}, judged per episode on the next "
           f"{CYCLE}; {cycles} decisions; {layers} layers x {N} experts, {P} slots / {D} devices; "
           f"expert = {EXPERT_BYTES:,} bytes" + (" (moves scaled to 58 layers)" if layers != L else ""))
     for name in policies:
-        print(f"  {name:12s} {POLICY_HELP[name]}")
+        print(f"  {name:19s} {POLICY_HELP.get(name) or upstream.HELP}")
     gains = []
     t0 = time.perf_counter()
     for regime in regimes:
@@ -164,19 +205,32 @@ def main():
             res = run_regime(regime, seed, cycles, policies, layers)
             print(f"  regime {regime}, seed {seed}:")
             print_table(res, layers)
-            g = 100 * (1 - res["forecast"].mean_ratio / res["fresh"].mean_ratio)
-            gains.append((regime, seed, g))
-            bal, fr, de = res["balancer"], res["fresh"], res["default"]
-            print(f"    forecast: {g:+.2f}% better than fresh; Balancer {100 * (bal.mean_ratio / fr.mean_ratio - 1):+.2f}% "
-                  f"vs fresh at {100 * bal.total_moves / max(de.total_moves, 1):.1f}% of the aligned default's moves", flush=True)
-    print(f"  forecast gain on the next window (forecast vs fresh), mean over {len(gains)} runs: "
-          f"{sum(g for *_, g in gains) / len(gains):+.2f}%  [{time.perf_counter() - t0:.0f} s]")
+            if "forecast" in res and "fresh" in res:
+                g = 100 * (1 - res["forecast"].mean_ratio / res["fresh"].mean_ratio)
+                gains.append((regime, seed, g))
+                print(f"    forecast: {g:+.2f}% better than fresh")
+            if all(k in res for k in ("balancer", "fresh", "default")):
+                bal, fr, de = res["balancer"], res["fresh"], res["default"]
+                print(f"    Balancer {100 * (bal.mean_ratio / fr.mean_ratio - 1):+.2f}% vs fresh at "
+                      f"{100 * bal.total_moves / max(de.total_moves, 1):.1f}% of the aligned default's moves")
+            against_upstream(res)
+            sys.stdout.flush()
+    if gains:
+        print(f"  forecast gain on the next window (forecast vs fresh), mean over {len(gains)} runs: "
+              f"{sum(g for *_, g in gains) / len(gains):+.2f}%")
+    print(f"  [{time.perf_counter() - t0:.0f} s]")
+    if args.tables_only:
+        return
 
     print("balance vs moves (Balancer move budgets), regime swaps, seed", seeds[0])
     budgets = [0, 200, 1000, 4000] if quick else [0, 100, 300, 1000, 3000, 10000]
     points, trace = budget_curve("swaps", seeds[0], cycles, budgets, layers)
     refs = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW,
                             policies=("balancer", "fresh", "default", "static", "clairvoyant"))
+    if upstream.POLICY in policies:
+        up, _ = upstream.run_isolated(trace, P, D, cycle=CYCLE, window=WINDOW)
+        if up is not None:
+            refs[upstream.POLICY] = up
     draw(points, refs, args.png, f"regime swaps, seed {seeds[0]}, {layers} layers, {cycles} decisions")
     print(f"  figure written to {args.png}")
 
