@@ -33,6 +33,15 @@
 #define FLASHLB_CHECK(cond) ((void)0)
 #endif
 
+// The inner loops of the swap search get an AVX2 clone where the CPU has it (chosen at load
+// time; the pair loops accumulate each pair's episodes in the same order, so both clones
+// return the same figures).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(FLASHLB_NO_CLONES)
+#define FLASHLB_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FLASHLB_CLONES
+#endif
+
 namespace flashlb {
 namespace {
 
@@ -248,7 +257,7 @@ class Search {
   // The figures of one slot i of a against every slot of b are computed side by side (b's
   // replica loads transposed to [T, S]), so the loop over b's slots vectorises while each
   // pair still sums its episodes in order: the same figures, bit for bit, as pair by pair.
-  double best_swap_with(int64_t a, int64_t b, int64_t& bi, int64_t& bj) {
+  FLASHLB_CLONES double best_swap_with(int64_t a, int64_t b, int64_t& bi, int64_t& bj) {
     if (move_penalty_ == 0.0) return best_swap_pruned(a, b, bi, bj);
     double best = -kTol;
     const int64_t S = slots_per_device_;
@@ -295,7 +304,7 @@ class Search {
   }
 
   // best_swap_with without move penalty: pair by pair, as the pruning skips most pairs.
-  double best_swap_pruned(int64_t a, int64_t b, int64_t& bi, int64_t& bj) {
+  FLASHLB_CLONES double best_swap_pruned(int64_t a, int64_t b, int64_t& bi, int64_t& bj) {
     double best = -kTol;
     for (int64_t t = 0; t < episodes_; ++t) {
       others_peak_[t] = weights_[t] > 0 ? peak_without(t, a, b) : 0.0;
