@@ -116,7 +116,7 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
         if options["perturb_rounds"] > 10**6:
             raise ValueError(f"perturb_rounds must be <= 10**6 (use time_budget for longer searches), "
                              f"got {options['perturb_rounds']}")
-    fc = _forecast_options(forecast)
+    fc = forecast_options(forecast)
     if weights is not None:
         if not isinstance(weights, torch.Tensor):
             raise TypeError("weights must be a torch.Tensor of shape [T]")
@@ -193,8 +193,9 @@ def plan_workloads(workloads, num_physical: int, num_devices: int, *,
     return plan(torch.stack(scen), num_physical, num_devices, forecast=False, weights=weights, **options)
 
 
-def _forecast_options(forecast) -> dict | None:
-    """plan's ``forecast`` argument as forecast_scenarios options, or None (off)."""
+def forecast_options(forecast) -> dict | None:
+    """plan's ``forecast`` argument as forecast_scenarios options, or None (off); checked in
+    full (TypeError for another type, ValueError naming a bad option)."""
     from .forecast import DEFAULT
 
     if forecast is True:

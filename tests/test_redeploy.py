@@ -230,3 +230,10 @@ def test_balancer_serves_what_the_plan_chose_on_its_own_objective():
     assert sorted(gated.layers.tolist()) == (changed & (gain >= 0.01)).nonzero().flatten().tolist()
     with pytest.raises(TypeError, match="forecast"):
         Balancer(40, 8, forecast="yes")
+
+
+def test_balancer_checks_forecast_options_before_any_cycle():
+    with pytest.raises(ValueError, match="unknown options"):
+        Balancer(40, 8, forecast={"bogus": 1})
+    with pytest.raises(ValueError, match="persistence"):
+        Balancer(40, 8, forecast={"persistence": 2.0})

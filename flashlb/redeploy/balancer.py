@@ -19,7 +19,7 @@ import torch
 from .. import metrics
 from .._checks import as_hotness, check_budget, check_int, check_number, check_sizes
 from .._files import atomic_write, read_data
-from ..api import check_previous, plan
+from ..api import check_previous, forecast_options, plan
 from ..placement import Placement
 
 __all__ = ["Balancer", "Update"]
@@ -97,8 +97,7 @@ class Balancer:
         for key in ("previous", "max_moves", "algorithm"):
             if key in plan_options:
                 raise ValueError(f"Balancer sets {key!r} itself; it is not a plan option here")
-        if not isinstance(forecast, (bool, dict)):
-            raise TypeError(f"forecast must be True, False or a dict of options, got {type(forecast).__name__}")
+        forecast_options(forecast)  # the check plan runs, here before the first cycle
         self.plan_options = dict(plan_options, forecast=forecast)
         self.reference: torch.Tensor | None = None  # [L] ratio after the last placement
         self.measured: torch.Tensor | None = None   # [L] bool: reference holds a measurement
