@@ -183,7 +183,7 @@ CADENCES = ((8, None), (4, 1e-3), (2, 1.5e-3))
 def cadence(seed, cycles, layers):
     """The Balancer deciding every 8, 4 and 2 episodes (from the last 16, judged on the same
     episodes), against fresh plans every 8: the regime swaps and stationary."""
-    for regime in ("swaps", "stationary"):
+    for regime in ("swaps", "swaps-fast", "stationary"):
         trace = regime_trace(regime, WINDOW + CYCLE * cycles, layers, N, seed=seed)
         ref = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=("fresh", "default"))
         fr, de = ref["fresh"], ref["default"]
@@ -197,6 +197,29 @@ def cadence(seed, cycles, layers):
                   f"{100 * r.total_moves / max(de.total_moves, 1):.1f}% of the aligned default's moves, "
                   f"{r.seconds_per_decision:.3f} s per decision")
         sys.stdout.flush()
+
+
+# How the Balancer prices its moves: the defaults (dear small repairs, a cheaper whole
+# re-plan), the defaults before (one price for every move) and a fixed price per layer.
+PRICES = (("defaults", {}),
+          ("move_penalty=6e-4 (one price)", {"move_penalty": 6e-4, "refresh_penalty": None}),
+          ("layer_penalty=0.06, move_penalty=4e-4", {"move_penalty": 4e-4, "refresh_penalty": None,
+                                                      "layer_penalty": 0.06}))
+
+
+def prices(seed, cycles, layers, regimes):
+    """The Balancer under each way of pricing moves, every 8 episodes, against fresh plans."""
+    for regime in regimes:
+        trace = regime_trace(regime, WINDOW + CYCLE * cycles, layers, N, seed=seed)
+        ref = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=("fresh", "default"))
+        fr, de = ref["fresh"], ref["default"]
+        print(f"  regime {regime}, seed {seed}: fresh {fr.mean_ratio:.4f}")
+        for name, bo in PRICES:
+            r = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=("balancer",),
+                                 balancer_options=bo)["balancer"]
+            print(f"    {name:38s} {r.mean_ratio:.4f} ({100 * (r.mean_ratio / fr.mean_ratio - 1):+.2f}% vs "
+                  f"fresh), {100 * r.total_moves / max(de.total_moves, 1):.1f}% of the aligned default's "
+                  f"moves, {int(r.layers.sum())} layer re-placements", flush=True)
 
 
 def main():
@@ -266,6 +289,10 @@ def main():
 
     print("deciding more often (flashlb.simulate(cycle=...)):")
     cadence(seeds[0], cycles, 16 if quick else layers)
+
+    print("pricing moves (Balancer(move_penalty=..., refresh_penalty=..., layer_penalty=...)):")
+    prices(seeds[0], cycles, 16 if quick else layers,
+           ("swaps-fast", "stationary") if quick else [r for r in REGIMES if r != "drift"])
 
     print("workloads planned together (flashlb.plan_workloads):")
     workloads(quick)

@@ -64,7 +64,8 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
          hierarchical: bool | None = None, time_budget: float | None = None, seed: int = 0,
          recency_half_life: float | None = None, previous: Placement | None = None,
          move_penalty: float = 0.0, max_moves: int | None = None, forecast: bool | dict = False,
-         weights: torch.Tensor | None = None, **options) -> Placement:
+         weights: torch.Tensor | None = None, layer_penalty: float = 0.0,
+         refresh_penalty: float | None = None, **options) -> Placement:
     """Decide replica counts and placement for every layer.
 
     hotness: [L, N] (one window) or [T, L, N] (T episodes) loads per logical expert.
@@ -76,6 +77,13 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     the placement in service and the cost of one moved slot, in units of peak/avg (FlashLB
     only); each layer keeps ``previous``, takes the fresh plan aligned to it, or a point
     between them, whichever has the least window peak/avg + move_penalty x moves.
+    refresh_penalty: with ``previous``, the price of one moved slot when a layer takes its
+    fresh plan whole (None: ``move_penalty``). Lower than ``move_penalty``, it re-plans a
+    layer whole where the fresh plan beats every point near the placement in service by
+    enough - a gain that is not noise fitted in the window, and lasts - while small
+    repairs stay dear (see :class:`flashlb.Balancer`, whose defaults set both).
+    layer_penalty: with ``previous``, the fixed price (peak/avg units) of re-placing a layer at
+    all, paid once by each layer that moves a slot: gains below it are left alone (0: none).
     max_moves: at most this many slots changed in all (needs ``previous``), spent on the
     layers where they gain most.
     forecast: plan on scenarios of the next window (FlashLB, several episodes): True uses
@@ -104,6 +112,9 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
         time_budget = check_number(time_budget, "time_budget", maximum=MAX_SECONDS, positive=True)
     seed = check_seed(seed)
     move_penalty = check_number(move_penalty, "move_penalty", maximum=1e6)
+    layer_penalty = check_number(layer_penalty, "layer_penalty", maximum=1e6)
+    if refresh_penalty is not None:
+        refresh_penalty = check_number(refresh_penalty, "refresh_penalty", maximum=1e6)
     max_moves = check_budget(max_moves, "max_moves")
     if max_moves is not None:
         max_moves = min(max_moves, L * P)
@@ -128,10 +139,12 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     if previous is not None:
         previous = check_previous(previous, L, N, P, D)
     if algorithm == "default":
-        if options or previous is not None or move_penalty or max_moves is not None \
-                or weights is not None:
+        if options or previous is not None or move_penalty or layer_penalty \
+                or refresh_penalty is not None or max_moves is not None or weights is not None:
             unknown = sorted(options) + [k for k, v in (("previous", previous),
                                                         ("move_penalty", move_penalty or None),
+                                                        ("layer_penalty", layer_penalty or None),
+                                                        ("refresh_penalty", refresh_penalty),
                                                         ("max_moves", max_moves),
                                                         ("weights", weights)) if v is not None]
             raise ValueError(f"algorithm='default' takes no options {unknown}")
@@ -161,7 +174,8 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     result = solve(h, P, D, num_groups=num_groups if hier else None, num_nodes=M if hier else 1,
                    time_budget=time_budget, seed=seed, recency_half_life=recency_half_life,
                    previous=previous.to("cpu") if previous is not None else None,
-                   move_penalty=move_penalty, max_moves=max_moves, weights=weights, **options)
+                   move_penalty=move_penalty, max_moves=max_moves, weights=weights,
+                   layer_penalty=layer_penalty, refresh_penalty=refresh_penalty, **options)
     return result.to(device)
 
 

@@ -202,7 +202,8 @@ def cmd_plan(args) -> int:
         t = time.perf_counter()
         with _Progress(f"planning {h.shape[1]} layers"):
             opts = dict(algorithm=args.algorithm, num_groups=args.groups, num_nodes=args.nodes,
-                        time_budget=args.time_budget, previous=previous, move_penalty=args.move_penalty)
+                        time_budget=args.time_budget, previous=previous, move_penalty=args.move_penalty,
+                        layer_penalty=args.layer_penalty, refresh_penalty=args.refresh_penalty)
             if len(files) > 1:
                 new = plan_workloads(list(h), args.physical, args.devices, weights=args.weights, **opts)
             else:
@@ -249,6 +250,8 @@ def cmd_simulate(args) -> int:
             raise CliError(str(exc)) from None
     # The Balancer's own defaults unless the command line sets them.
     options = {k: v for k, v in (("threshold", args.threshold), ("move_penalty", args.move_penalty),
+                                 ("layer_penalty", args.layer_penalty),
+                                 ("refresh_penalty", args.refresh_penalty),
                                  ("max_moves_per_cycle", args.max_moves)) if v is not None}
     try:
         with _Progress("simulating") as prog:
@@ -435,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--time-budget", type=float, default=None, help="seconds for the anytime search")
     q.add_argument("--previous", default=None, help="placement in service (.json/.pt/.safetensors): keep experts in place")
     q.add_argument("--move-penalty", type=float, default=0.0, help="cost of one moved slot, in peak/avg units (with --previous)")
+    q.add_argument("--refresh-penalty", type=float, default=None, help="cost of one moved slot when a layer takes "
+                   "its fresh plan whole (with --previous; default: --move-penalty)")
+    q.add_argument("--layer-penalty", type=float, default=0.0, help="fixed cost of re-placing a layer at all, in "
+                   "peak/avg units (with --previous)")
     q.add_argument("-o", "--output", required=True, help="placement file: .json (SGLang --init-expert-location), .pt, .safetensors")
     q.set_defaults(func=cmd_plan)
 
@@ -444,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("trace", nargs="?", default=None, help=loads_help + "; loads [S, L, N] (or give --regime)")
     sizes(q)
     q.add_argument("--regime", default=None, help="a synthetic trace instead of a file: stationary, drift, swaps, "
-                   "bursts or switch")
+                   "swaps-fast, bursts or switch")
     q.add_argument("--episodes", type=int, default=160, help="--regime: episodes of the trace")
     q.add_argument("--layers", type=int, default=58, help="--regime: MoE layers")
     q.add_argument("--experts", type=int, default=256, help="--regime: experts per layer")
@@ -458,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the Balancer's)")
     q.add_argument("--move-penalty", type=float, default=None, help="balancer: cost of one moved slot "
                    "(default: the Balancer's)")
+    q.add_argument("--refresh-penalty", type=float, default=None, help="balancer: cost of one moved slot when a "
+                   "layer takes its fresh plan whole (default: the Balancer's)")
+    q.add_argument("--layer-penalty", type=float, default=None, help="balancer: fixed cost of re-placing a layer "
+                   "at all, in peak/avg units (default: the Balancer's, 0)")
     q.add_argument("--max-moves", type=int, default=None, help="balancer: at most this many slots moved per cycle")
     q.add_argument("--expert-bytes", type=int, default=3 * 7168 * 2048,
                    help="bytes of one expert's weights (default: DeepSeek-V3 in 8 bits)")

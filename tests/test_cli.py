@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -139,6 +140,30 @@ def test_simulate_passes_a_move_budget_to_the_balancer(capsys):
     assert main(args + ["--max-moves", "0"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("balancer"))
     assert int(line.split()[2]) == 0  # no slot moved under a budget of 0
+    # a layer price no gain can pay keeps every layer where the boot map put it
+    assert main(args + ["--layer-penalty", "1000"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("balancer"))
+    assert int(line.split()[2]) == 0
+    assert main(args + ["--layer-penalty", "-1"]) == 2
+    assert "layer_penalty" in capsys.readouterr().err
+
+
+def test_plan_with_previous_and_a_layer_price(tmp_path, loads_json, capsys):
+    first = tmp_path / "a.json"
+    main(["plan", str(loads_json), "-d", "8", "-p", "48", "-o", str(first)])
+    # hot and cold experts trade places: without a layer price the layers are re-placed
+    h = torch.tensor(json.loads(loads_json.read_text())["logical_count"])
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps({"logical_count": h.flip(-1).tolist()}))
+    capsys.readouterr()
+    second = tmp_path / "b.json"
+    base = ["plan", str(swapped), "-d", "8", "-p", "48", "--previous", str(first), "-o", str(second)]
+    assert main(base) == 0
+    assert not re.search(r"(?<!\d)0 slots moved", capsys.readouterr().out)
+    assert main(base + ["--layer-penalty", "1000"]) == 0
+    assert re.search(r"(?<!\d)0 slots moved", capsys.readouterr().out)
+    assert main(base + ["--layer-penalty", "nan"]) == 2
+    assert "layer_penalty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("data", ["real", "synthetic"])

@@ -173,6 +173,10 @@ def test_balancer_bad_input():
                           (dict(max_bytes_per_cycle=100), "needs expert_bytes"),
                           (dict(move_penalty=-1e-3), "move_penalty"),
                           (dict(move_penalty=float("nan")), "move_penalty"),
+                          (dict(layer_penalty=-0.5), "layer_penalty"),
+                          (dict(layer_penalty=float("nan")), "layer_penalty"),
+                          (dict(refresh_penalty=-1e-4), "refresh_penalty"),
+                          (dict(refresh_penalty="4e-4"), "refresh_penalty"),
                           (dict(previous=p), "previous")):
         with pytest.raises(ValueError, match=match):
             Balancer(24, 4, **kwargs)
@@ -221,7 +225,8 @@ def test_balancer_serves_what_the_plan_chose_on_its_own_objective():
     current = flashlb.plan(h[:16], 40, 8)
     window = h[16:]
     up = Balancer(40, 8).step(window, current)
-    planned = flashlb.plan(window, 40, 8, previous=current, move_penalty=6e-4, forecast=True)
+    planned = flashlb.plan(window, 40, 8, previous=current, move_penalty=1.2e-3,
+                           refresh_penalty=4.7e-4, forecast=True)
     changed = metrics.moves(current, planned) > 0
     assert torch.equal(up.placement.phy2log, planned.phy2log)
     assert sorted(up.layers.tolist()) == changed.nonzero().flatten().tolist()

@@ -45,6 +45,15 @@ def random_placement(L, N, D, S, seed):
     return flashlb.plan(h, D * S, D)
 
 
+def same_devices(a: Placement, b: Placement) -> torch.Tensor:
+    """[L] whether the two placements put the same experts together, devices in any order."""
+    def devices(p):
+        per = p.phy2log.view(p.num_layers, p.num_devices, -1).sort(-1).values
+        return [sorted(map(tuple, per[layer].tolist())) for layer in range(p.num_layers)]
+
+    return torch.tensor([x == y for x, y in zip(devices(a), devices(b))])
+
+
 @st.composite
 def instances(draw):
     D = draw(st.integers(2, 5))
@@ -65,17 +74,86 @@ def instances(draw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(instances(), st.sampled_from([0.0, 1e-3, 0.02, 0.2]))
-def test_never_worse_than_keep_and_fresh_aligned(inst, penalty):
+@given(instances(), st.sampled_from([0.0, 1e-3, 0.02, 0.2]), st.sampled_from([0.0, 0.0, 0.05, 0.3]),
+       st.sampled_from([None, None, 0.0, 0.4]))
+def test_never_worse_than_keep_and_fresh_aligned(inst, penalty, per_layer, refresh):
     h, D, S, seed = inst
     T, L, N = h.shape
     P = D * S
     old = random_placement(L, N, D, S, seed + 1)
-    new = flashlb.plan(h, P, D, previous=old, move_penalty=penalty).validate()
+    whole = penalty if refresh is None else refresh * penalty  # the price of a whole re-plan
+    new = flashlb.plan(h, P, D, previous=old, move_penalty=penalty, layer_penalty=per_layer,
+                       refresh_penalty=None if refresh is None else whole).validate()
     fresh = align_to(flashlb.plan(h, P, D), old)
-    cost = lambda p: window_objective(p, h) + penalty * metrics.moves(old, p).to(torch.float64)
-    ours, keep, theirs = cost(new), cost(old), cost(fresh)
+    greedy = align_to(flashlb.plan(h, P, D, algorithm="default"), old)
+
+    def cost(p, price):
+        moved = metrics.moves(old, p).to(torch.float64)
+        return window_objective(p, h) + price * moved + per_layer * (moved > 0).to(torch.float64)
+
+    # ours is priced as a whole re-plan where it is one (the fresh plan, or the greedy's,
+    # devices in any order: ties in the alignment may label them otherwise)
+    rebuilt = same_devices(new, fresh) | same_devices(new, greedy)
+    f64 = lambda x: torch.tensor(float(x), dtype=torch.float64)
+    ours = cost(new, torch.where(rebuilt, f64(whole), f64(penalty)))
+    keep, theirs = cost(old, penalty), cost(fresh, whole)
     assert bool((ours <= torch.minimum(keep, theirs) + 1e-9).all()), (ours, keep, theirs)
+
+
+def test_a_cheaper_refresh_re_plans_a_swapped_layer_whole():
+    h1, h2, P, D = hot_cold_swap(0)
+    old = flashlb.plan(h1, P, D)
+    fresh = align_to(flashlb.plan(h2, P, D), old)
+    near = flashlb.plan(h2, P, D, previous=old, move_penalty=3e-3)
+    whole = flashlb.plan(h2, P, D, previous=old, move_penalty=3e-3, refresh_penalty=1e-5)
+    # dear moves alone: a repair near the placement in service; a cheap refresh: the fresh plan
+    assert bool((metrics.moves(old, near) < metrics.moves(old, fresh)).all())
+    assert bool(same_devices(whole, fresh).all())
+    assert torch.equal(metrics.moves(old, whole), metrics.moves(old, fresh))
+    assert bool((metrics.balance_ratio(whole, h2) < metrics.balance_ratio(near, h2)).all())
+    # the same price for both: exactly the plan without it
+    same = flashlb.plan(h2, P, D, previous=old, move_penalty=3e-3, refresh_penalty=3e-3)
+    assert torch.equal(same.phy2log, near.phy2log)
+
+
+def test_refresh_penalty_prices_the_fresh_column_only():
+    obj = torch.tensor([[1.50, 1.10, 1.20], [1.30, 1.29, 1.28]], dtype=torch.float64)
+    moves = torch.tensor([[0, 200, 40], [0, 200, 30]])
+    assert R.choose(obj, moves, 1e-3).tolist() == [2, 0]
+    # at 1e-4 a fresh move: layer 0's fresh plan (1.10 + 0.02) beats the repair (1.20 + 0.04)
+    assert R.choose(obj, moves, 1e-3, refresh_penalty=1e-4).tolist() == [1, 0]
+    assert R.choose(obj, moves, 1e-3, 150, refresh_penalty=1e-4).tolist() == [2, 0]
+
+
+def test_layer_penalty_is_paid_once_per_layer_that_moves():
+    # columns: keep, a small repair, a large one; three layers with different gains
+    obj = torch.tensor([[1.30, 1.27, 1.26], [1.60, 1.20, 1.10], [1.05, 1.04, 1.03]], dtype=torch.float64)
+    moves = torch.tensor([[0, 10, 40], [0, 12, 60], [0, 4, 30]])
+    assert R.choose(obj, moves, 1e-4).tolist() == [2, 2, 2]
+    # 0.05 a layer: the first layer's 0.03-0.04 gains and the third's do not pay; the second
+    # layer still moves, and as far as before (the fixed price does not change the margin)
+    assert R.choose(obj, moves, 1e-4, layer_penalty=0.05).tolist() == [0, 2, 0]
+    # under a budget the knapsack pays it too
+    assert R.choose(obj, moves, 1e-4, 50, layer_penalty=0.05).tolist() == [0, 1, 0]
+
+
+def test_a_layer_penalty_stops_chasing_noise_but_not_a_swap():
+    # layer 0: the same popularity, new noise (in-window gains are noise); layer 1: hot and
+    # cold experts traded places (a real repair)
+    g = torch.Generator().manual_seed(5)
+    N, P, D = 32, 48, 8
+    base = torch.rand(N, generator=g, dtype=torch.float64) ** 3 + 0.02
+    def window():
+        return torch.poisson(2000 * base.expand(8, N), generator=g)
+    h1 = torch.stack([window(), window()], 1)  # [8, 2, N]
+    old = flashlb.plan(h1, P, D)
+    h2 = torch.stack([window(), window()[:, torch.randperm(N, generator=g)]], 1)
+    free = flashlb.plan(h2, P, D, previous=old, move_penalty=1e-4)
+    gated = flashlb.plan(h2, P, D, previous=old, move_penalty=1e-4, layer_penalty=0.1)
+    assert int(metrics.moves(old, free)[0]) > 0  # without it the stationary layer is re-placed
+    assert metrics.moves(old, gated).tolist()[0] == 0
+    assert torch.equal(gated.phy2log[1], free.phy2log[1])
+    assert bool(metrics.balance_ratio(gated, h2)[1] < metrics.balance_ratio(old, h2)[1] - 0.1)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -195,6 +273,13 @@ def test_bad_previous_and_budgets_raise_before_any_work():
             (dict(previous=old, max_moves=2.0), "max_moves"),
             (dict(previous=old, move_penalty=-0.1), "move_penalty"),
             (dict(previous=old, move_penalty=float("nan")), "move_penalty"),
+            (dict(previous=old, layer_penalty=-0.01), "layer_penalty"),
+            (dict(previous=old, layer_penalty=float("inf")), "layer_penalty"),
+            (dict(previous=old, layer_penalty=True), "layer_penalty"),
+            (dict(algorithm="default", layer_penalty=0.1), "layer_penalty"),
+            (dict(previous=old, refresh_penalty=float("nan")), "refresh_penalty"),
+            (dict(previous=old, refresh_penalty=-1e-4), "refresh_penalty"),
+            (dict(algorithm="default", refresh_penalty=1e-4), "refresh_penalty"),
             (dict(max_moves=5), "needs previous"),
             (dict(previous=flashlb.plan(h, 32, 4)), "previous must place"),
             (dict(previous=flashlb.plan(h[:, :1], 24, 4)), "previous must place")):

@@ -33,6 +33,14 @@ def test_swaps_change_the_hot_set_and_stationary_does_not():
     assert changed(sw) > 0
 
 
+def test_fast_swaps_are_swaps_twice_as_often():
+    fast = regime_trace("swaps-fast", 30, 3, 32, tokens_per_episode=4096, seed=7)
+    assert torch.equal(fast, swap_trace(30, 3, 32, tokens_per_episode=4096, seed=7, swap_rate=0.16))
+    # its own rate can still be given, as for swaps
+    assert torch.equal(regime_trace("swaps-fast", 30, 3, 32, tokens_per_episode=4096, seed=7, swap_rate=0.3),
+                       swap_trace(30, 3, 32, tokens_per_episode=4096, seed=7, swap_rate=0.3))
+
+
 def test_switch_happens_where_asked():
     tr = switch_trace(20, 2, 32, noise=0.0, switch_at=0.5, tokens_per_episode=10**7, seed=0)
     share = tr / tr.sum(-1, keepdim=True)

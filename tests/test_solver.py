@@ -95,7 +95,11 @@ def test_greedy_fallback_takes_over_where_the_search_is_worse(monkeypatch, path)
     h = torch.rand(2, 4, 16, generator=g, dtype=torch.float64) ** 4 * 100
     P, D = 20, 4
     old = flashlb.plan(h, P, D)
-    monkeypatch.setattr(joint, path, lambda loads, weights, *a, **k: _poor_plan(loads, weights, P, D))
+    if path == "plan_fresh":
+        monkeypatch.setattr(joint, path, lambda loads, weights, *a, **k: _poor_plan(loads, weights, P, D))
+    else:  # with the price each layer's moves were chosen at (no move penalty here)
+        monkeypatch.setattr(joint, path, lambda loads, weights, *a, **k: (
+            _poor_plan(loads, weights, P, D), torch.zeros(loads.shape[0], dtype=torch.float64)))
     kw = {"previous": old} if path == "plan_near_previous" else {}
     got = flashlb.plan(h, P, D, **kw).validate()
     greedy = flashlb.plan(h, P, D, algorithm="default")

@@ -191,17 +191,21 @@ def plan_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int, *,
 
 def plan_near_previous(loads: torch.Tensor, weights: torch.Tensor, previous: Placement, *,
                        num_groups: int | None, num_nodes: int, move_penalty: float,
-                       settings: SearchSettings, max_moves: int | None = None) -> torch.Tensor:
-    """A plan that weighs peak/avg against moves from ``previous`` -> phy2log [L, P].
+                       settings: SearchSettings, max_moves: int | None = None,
+                       layer_penalty: float = 0.0, refresh_penalty: float | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A plan that weighs peak/avg against moves from ``previous`` -> (phy2log [L, P], price [L]).
 
     loads: [L, T, N], weights: [L, T]; previous: the placement in service (L layers, CPU).
     Each layer keeps ``previous``, takes the fresh plan aligned to it, or a point between
     them (:mod:`flashlb.solvers.replan`), whichever scores least on
-    ``weighted peak/avg + move_penalty * moved slots``; with ``max_moves`` the layers share
+    ``weighted peak/avg + move_penalty * moved slots`` (+ ``layer_penalty`` if any slot
+    moves; the fresh plan's moves at ``refresh_penalty`` when given); with ``max_moves`` the layers share
     that many moved slots in all, spent where they gain most. Layers of ``previous`` that
     hold an expert twice on a device take the fresh plan (aligned), outside the budget; with
     nodes (hierarchical) each layer keeps or takes the fresh plan, as points between would
-    not keep groups on their nodes.
+    not keep groups on their nodes. price: what each layer's chosen moves cost apiece
+    (``refresh_penalty`` where it took the fresh plan, else ``move_penalty``).
     """
     L, T, N = loads.shape
     P, D, M = previous.num_physical, previous.num_devices, num_nodes
@@ -211,34 +215,45 @@ def plan_near_previous(loads: torch.Tensor, weights: torch.Tensor, previous: Pla
     old = previous.phy2log.to(torch.int64)
     doubled = previous.has_duplicates()
     rows = (~doubled).nonzero().flatten()
+    refresh = float(move_penalty if refresh_penalty is None else refresh_penalty)
+    price = torch.full((L,), refresh, dtype=torch.float64)  # doubled layers take the fresh plan
     if rows.numel() == 0:
-        return fresh
+        return fresh, price
     budget = None if max_moves is None else max(
         int(max_moves) - int((fresh != old)[doubled].sum()), 0)
     out = fresh.clone()
     if M > 1:
         cands = torch.stack([old[rows], fresh[rows]], 1)
         objective, moves = score_points(cands, old[rows], loads[rows], weights[rows], D)
-        pick = choose(objective, moves, move_penalty, budget)
+        pick = choose(objective, moves, move_penalty, budget, layer_penalty, refresh_penalty)
         out[rows] = cands[torch.arange(rows.numel()), pick]
-        return out
+        price[rows] = torch.where(pick == 1, torch.tensor(refresh, dtype=torch.float64),
+                                  torch.tensor(float(move_penalty), dtype=torch.float64))
+        return out, price
     chosen = replan(old[rows], fresh[rows], loads[rows], weights[rows], D,
-                    move_penalty=move_penalty, max_moves=budget,
-                    smoothing=settings.smoothing, seed=settings.seed,
-                    deadline=settings.deadline)
+                    move_penalty=move_penalty, max_moves=budget, layer_penalty=layer_penalty,
+                    refresh_penalty=refresh_penalty, smoothing=settings.smoothing,
+                    seed=settings.seed, deadline=settings.deadline)
+    took_fresh = (chosen == fresh[rows]).all(1) & (chosen != old[rows]).any(1)
+    price[rows] = torch.where(took_fresh, torch.tensor(refresh, dtype=torch.float64),
+                              torch.tensor(float(move_penalty), dtype=torch.float64))
     # A point the local search improved may have its devices in another order than the
     # placement in service; relabelling them keeps the loads and never adds a move.
     out[rows] = align_to(Placement.from_phy2log(chosen, N, D), previous.select_layers(rows)).phy2log
-    return out
+    return out, price
 
 
 def greedy_fallback(phy2log: torch.Tensor, greedy: torch.Tensor, loads: torch.Tensor,
                     weights: torch.Tensor, num_devices: int, *, previous: Placement | None = None,
-                    move_penalty: float = 0.0, num_nodes: int = 1) -> torch.Tensor:
+                    move_penalty: float | torch.Tensor = 0.0, num_nodes: int = 1,
+                    layer_penalty: float = 0.0, refresh_penalty: float | None = None) -> torch.Tensor:
     """Per layer, the default greedy's placement where it scores better and is duplicate-free.
 
     phy2log, greedy: [L, P]; loads: [L, T, N], weights: [L, T]. The score is the weighted
-    peak/avg, plus ``move_penalty`` per slot that differs from ``previous`` when one is given
+    peak/avg, plus ``move_penalty`` (a float, or [L] what each layer's moves were priced at)
+    per slot that differs from ``previous`` when one is given and ``layer_penalty`` where any
+    does; the greedy's placement is a whole re-plan, its moves priced at ``refresh_penalty``
+    (None: ``move_penalty``)
     (the greedy's placement is then first aligned to ``previous``, whole nodes kept whole).
     """
     N, D = loads.shape[2], num_devices
@@ -252,15 +267,19 @@ def greedy_fallback(phy2log: torch.Tensor, greedy: torch.Tensor, loads: torch.Te
     theirs = weighted_peak_ratio(g.phy2log, loads, weights, D)
     if previous is not None:
         old = previous.phy2log.to(torch.int64)
-        ours = ours + move_penalty * (phy2log != old).sum(1)
-        theirs = theirs + move_penalty * (g.phy2log != old).sum(1)
+        mine, other = (phy2log != old).sum(1), (g.phy2log != old).sum(1)
+        whole = move_penalty if refresh_penalty is None else refresh_penalty
+        ours = ours + move_penalty * mine + layer_penalty * (mine > 0)
+        theirs = theirs + whole * other + layer_penalty * (other > 0)
     take = admissible & (theirs < ours - 1e-12)
     return torch.where(take.unsqueeze(1), g.phy2log, phy2log)
 
 
-def _check_options(smoothing, move_penalty, perturb_rounds, seed, P, T) -> int:
+def _check_options(smoothing, move_penalty, perturb_rounds, seed, P, T, layer_penalty=0.0,
+                   refresh_penalty=0.0) -> int:
     """Checks the search options; returns the number of perturbation rounds."""
-    for name, v in (("smoothing", smoothing), ("move_penalty", move_penalty)):
+    for name, v in (("smoothing", smoothing), ("move_penalty", move_penalty),
+                    ("layer_penalty", layer_penalty), ("refresh_penalty", refresh_penalty)):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")):
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -276,12 +295,15 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
           num_nodes: int = 1, time_budget: float | None = None, seed: int = 0,
           recency_half_life: float | None = None, previous: Placement | None = None,
           move_penalty: float = 0.0, max_moves: int | None = None, smoothing: float = 0.05,
-          perturb_rounds: int | None = None, weights: torch.Tensor | None = None) -> Placement:
+          perturb_rounds: int | None = None, weights: torch.Tensor | None = None,
+          layer_penalty: float = 0.0, refresh_penalty: float | None = None) -> Placement:
     """FlashLB placement for every layer.
 
     hotness: [T, L, N] float64 CPU loads (checked by the caller, as are the sizes).
     num_groups / num_nodes > 1: hierarchical (groups packed onto nodes, then each node solved).
-    previous: the placement in service (CPU), whose moves cost ``move_penalty`` each.
+    previous: the placement in service (CPU), whose moves cost ``move_penalty`` each (those of
+    a layer re-planned whole ``refresh_penalty``, None: the same), and each layer that moves
+    at all ``layer_penalty``.
     weights: optional [T] or per-layer [T, L] episode weights (flashlb.forecast, workloads),
     instead of those of recency_half_life.
     Returns a duplicate-free Placement. Per layer, its score - the weighted per-episode
@@ -294,7 +316,8 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
     T, L, N = hotness.shape
     P, D, M = num_physical, num_devices, num_nodes
     rounds = _check_options(smoothing, move_penalty, perturb_rounds, seed, P // M,
-                            min(T, MAX_SCENARIOS))
+                            min(T, MAX_SCENARIOS), layer_penalty,
+                            0.0 if refresh_penalty is None else refresh_penalty)
     settings = SearchSettings(seed=seed, smoothing=float(smoothing), perturb_rounds=rounds,
                               deadline=None if time_budget is None else start + float(time_budget))
     if weights is None:
@@ -306,15 +329,18 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
         phy = plan_fresh(scenario_loads, scenario_weights, P, D, num_groups=num_groups,
                          num_nodes=M, settings=settings)
     else:
-        phy = plan_near_previous(scenario_loads, scenario_weights, previous,
-                                 num_groups=num_groups, num_nodes=M,
-                                 move_penalty=float(move_penalty), settings=settings,
-                                 max_moves=max_moves)
+        phy, price = plan_near_previous(
+            scenario_loads, scenario_weights, previous, num_groups=num_groups, num_nodes=M,
+            move_penalty=float(move_penalty), settings=settings, max_moves=max_moves,
+            layer_penalty=float(layer_penalty),
+            refresh_penalty=None if refresh_penalty is None else float(refresh_penalty))
         if max_moves is not None:
             return Placement.from_phy2log(phy, N, D)
     summed = hotness.sum(0)
     greedy = (greedy_hierarchical(summed, P, num_groups, M, D) if M > 1
               else greedy_global(summed, P, D))
     phy = greedy_fallback(phy, greedy, loads, weights, D, previous=previous,
-                          move_penalty=float(move_penalty), num_nodes=M)
+                          move_penalty=float(move_penalty) if previous is None else price,
+                          num_nodes=M, layer_penalty=float(layer_penalty),
+                          refresh_penalty=None if refresh_penalty is None else float(refresh_penalty))
     return Placement.from_phy2log(phy, N, D)

@@ -253,18 +253,36 @@ def score_points(points: torch.Tensor, old: torch.Tensor, w: torch.Tensor, ew: t
     return obj, moves
 
 
+def _score(objective: torch.Tensor, moves: torch.Tensor, move_penalty: float,
+           layer_penalty: float, refresh_penalty: float | None = None) -> torch.Tensor:
+    """objective + move_penalty x moves (+ a tie-break to fewer) + layer_penalty where moves > 0;
+    with ``refresh_penalty`` the moves of column 1 (the fresh plan) are priced at it instead."""
+    m = moves.to(objective.dtype)
+    price = torch.full_like(m, float(move_penalty))
+    if refresh_penalty is not None and m.shape[1] > 1:
+        price[:, 1] = float(refresh_penalty)
+    return objective + (price + _TIE) * m + float(layer_penalty) * (m > 0).to(m.dtype)
+
+
 def choose(objective: torch.Tensor, moves: torch.Tensor, move_penalty: float,
-           max_moves: int | None = None) -> torch.Tensor:
+           max_moves: int | None = None, layer_penalty: float = 0.0,
+           refresh_penalty: float | None = None) -> torch.Tensor:
     """Per layer, the candidate to serve: [L] index into K.
 
-    objective, moves: [L, K]; column 0 must be "keep" (0 moves). Without a budget each layer
-    minimises objective + move_penalty * moves (ties: fewer moves). With ``max_moves`` the
+    objective, moves: [L, K]; column 0 must be "keep" (0 moves), column 1 the fresh plan when
+    ``refresh_penalty`` is given. Without a budget each layer minimises objective + price x
+    moves + layer_penalty if it moves at all (ties: fewer moves). The price of a move is
+    ``move_penalty``, and ``refresh_penalty`` (None: the same) for the fresh plan's: a layer
+    re-planned whole gains what its fresh plan beats the points near the placement in service
+    by, a gain that is not noise fitted in the window (those points are fitted as much) and
+    lasts beyond it. The layer penalty is the fixed price of touching a layer, which in-window
+    gains of noise alone (a few hundredths of peak/avg) do not pay. With ``max_moves`` the
     layers' choices together minimise the sum of that with total moves <= max_moves: an exact
     multiple-choice knapsack by dynamic programming over the budget, so moves go where the
     gain per move is largest across layers.
     """
     L, K = objective.shape
-    score = objective + (float(move_penalty) + _TIE) * moves.to(objective.dtype)
+    score = _score(objective, moves, move_penalty, layer_penalty, refresh_penalty)
     free = score.argmin(1)
     if max_moves is None or L == 0:
         return free
@@ -323,6 +341,7 @@ def _polish(starts: torch.Tensor, old: torch.Tensor, w: torch.Tensor, ew: torch.
 
 def replan(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Tensor,
            num_devices: int, *, move_penalty: float, max_moves: int | None = None,
+           layer_penalty: float = 0.0, refresh_penalty: float | None = None,
            smoothing: float = 0.05, seed: int = 0, deadline: float | None = None,
            fractions=PATH_FRACTIONS) -> torch.Tensor:
     """phy2log [L, P] to serve, chosen among keep, the fresh plan and the points between.
@@ -331,7 +350,9 @@ def replan(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Te
     a fresh plan aligned to it; w [L, T, N] normalised loads, ew [L, T]. Candidates per
     layer: keep, fresh, the path points (:func:`path_points`, and :func:`counts_point`, the
     fresh counts on the old placement) as they are and improved by the local search at
-    ``move_penalty``; under a budget also the search from ``old`` at dearer
+    ``move_penalty``; ``layer_penalty`` is paid once by a layer that moves at all, and the
+    fresh plan's moves cost ``refresh_penalty`` each (:func:`choose`); under a budget also
+    the search from ``old`` at dearer
     moves (:data:`BUDGET_LADDER`), which gives the frontier its points with few moves.
     The searches from the path's first point (``fractions[0]``, 0: ``old`` itself) and from
     the counts point run for every layer; those from the further points only where the
@@ -353,7 +374,8 @@ def replan(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Te
         # The searches from the points further on, only for the layers where they can pay:
         # the fresh plan beats every candidate so far (moving far is worth its moves there),
         # or a budget is shared (the knapsack weighs every frontier point).
-        score = obj + (float(move_penalty) + _TIE) * moves.to(obj.dtype)
+        # (at the plain move price: a refresh price picks the fresh plan itself, not these)
+        score = _score(obj, moves, move_penalty, layer_penalty)
         far = score[:, 1] < torch.cat([score[:, :1], score[:, 2:]], 1).amin(1)
         if max_moves is not None:
             far = torch.ones_like(far)
@@ -371,6 +393,6 @@ def replan(old: torch.Tensor, fresh: torch.Tensor, w: torch.Tensor, ew: torch.Te
         extra = torch.cat(more, 1)
         o2, m2 = score_points(extra, old, w, ew, num_devices)
         cands, obj, moves = torch.cat([cands, extra], 1), torch.cat([obj, o2], 1), torch.cat([moves, m2], 1)
-    pick = choose(obj, moves, move_penalty, max_moves)
+    pick = choose(obj, moves, move_penalty, max_moves, layer_penalty, refresh_penalty)
     L, P = old.shape
     return cands.gather(1, pick.view(L, 1, 1).expand(L, 1, P)).squeeze(1)
