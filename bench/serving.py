@@ -175,50 +175,50 @@ def decision_time():
               f"best of 3 {min(times):.3f} s")
 
 
+def against_fresh(regime, seed, cycles, layers, variants):
+    """Balancer variants ``(label, cycle, options)`` on one trace, each judged on the same
+    episodes as fresh plans every 8."""
+    trace = regime_trace(regime, WINDOW + CYCLE * cycles, layers, N, seed=seed)
+    ref = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=("fresh", "default"))
+    fr, de = ref["fresh"], ref["default"]
+    print(f"  regime {regime}, seed {seed}: fresh every {CYCLE} {fr.mean_ratio:.4f}")
+    for label, every, opts in variants:
+        r = flashlb.simulate(trace, P, D, cycle=every, window=WINDOW, policies=("balancer",),
+                             balancer_options=opts)["balancer"]
+        print(f"    {label}: {r.mean_ratio:.4f} ({100 * (r.mean_ratio / fr.mean_ratio - 1):+.2f}% vs fresh), "
+              f"{100 * r.total_moves / max(de.total_moves, 1):.1f}% of the aligned default's moves, "
+              f"{int(r.layers.sum())} layer re-placements, {r.seconds_per_decision:.3f} s per decision",
+              flush=True)
+
+
+def _options(opts):
+    return ", ".join(f"{k}={v:g}" if v is not None else f"{k}=None" for k, v in opts.items()) or "defaults"
+
+
 # Deciding more often: the defaults, and dearer moves (both prices doubled) for fewer of them.
 CADENCES = ((8, {}), (4, {}), (2, {}), (2, {"move_penalty": 2.4e-3, "refresh_penalty": 9.4e-4}))
 
 
 def cadence(seed, cycles, layers):
-    """The Balancer deciding every 8, 4 and 2 episodes (from the last 16, judged on the same
-    episodes), against fresh plans every 8: hot/cold swaps and a stationary model."""
+    """The Balancer deciding every 8, 4 and 2 episodes (from the last 16), against fresh plans
+    every 8: hot/cold swaps and a stationary model."""
+    variants = [(f"Balancer every {every} episodes ({_options(opts)})", every, opts)
+                for every, opts in CADENCES]
     for regime in ("swaps", "swaps-fast", "stationary"):
-        trace = regime_trace(regime, WINDOW + CYCLE * cycles, layers, N, seed=seed)
-        ref = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=("fresh", "default"))
-        fr, de = ref["fresh"], ref["default"]
-        print(f"  regime {regime}, seed {seed}: fresh every {CYCLE} {fr.mean_ratio:.4f}")
-        for every, opts in CADENCES:
-            r = flashlb.simulate(trace, P, D, cycle=every, window=WINDOW, policies=("balancer",),
-                                 balancer_options=opts)["balancer"]
-            name = ", ".join(f"{k}={v:g}" for k, v in opts.items()) or "defaults"
-            print(f"    Balancer every {every} episodes ({name}): "
-                  f"{r.mean_ratio:.4f} ({100 * (r.mean_ratio / fr.mean_ratio - 1):+.2f}% vs fresh), "
-                  f"{100 * r.total_moves / max(de.total_moves, 1):.1f}% of the aligned default's moves, "
-                  f"{r.seconds_per_decision:.3f} s per decision")
-        sys.stdout.flush()
+        against_fresh(regime, seed, cycles, layers, variants)
 
 
 # How the Balancer prices its moves: the defaults (dear small repairs, a cheaper whole
 # re-plan), the defaults before (one price for every move) and a fixed price per layer.
-PRICES = (("defaults", {}),
-          ("move_penalty=6e-4 (one price)", {"move_penalty": 6e-4, "refresh_penalty": None}),
-          ("layer_penalty=0.06, move_penalty=4e-4", {"move_penalty": 4e-4, "refresh_penalty": None,
-                                                      "layer_penalty": 0.06}))
+PRICES = ({}, {"move_penalty": 6e-4, "refresh_penalty": None},
+          {"move_penalty": 4e-4, "refresh_penalty": None, "layer_penalty": 0.06})
 
 
 def prices(seed, cycles, layers, regimes):
     """The Balancer under each way of pricing moves, every 8 episodes, against fresh plans."""
+    variants = [(_options(opts), CYCLE, opts) for opts in PRICES]
     for regime in regimes:
-        trace = regime_trace(regime, WINDOW + CYCLE * cycles, layers, N, seed=seed)
-        ref = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=("fresh", "default"))
-        fr, de = ref["fresh"], ref["default"]
-        print(f"  regime {regime}, seed {seed}: fresh {fr.mean_ratio:.4f}")
-        for name, bo in PRICES:
-            r = flashlb.simulate(trace, P, D, cycle=CYCLE, window=WINDOW, policies=("balancer",),
-                                 balancer_options=bo)["balancer"]
-            print(f"    {name:38s} {r.mean_ratio:.4f} ({100 * (r.mean_ratio / fr.mean_ratio - 1):+.2f}% vs "
-                  f"fresh), {100 * r.total_moves / max(de.total_moves, 1):.1f}% of the aligned default's "
-                  f"moves, {int(r.layers.sum())} layer re-placements", flush=True)
+        against_fresh(regime, seed, cycles, layers, variants)
 
 
 def main():
