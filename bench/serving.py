@@ -221,6 +221,35 @@ def prices(seed, cycles, layers, regimes):
         against_fresh(regime, seed, cycles, layers, variants)
 
 
+def forecast_limit(seed, cycles, layers):
+    """What a forecast could gain at best: fresh plans every cycle on the episodes, on the
+    forecast (``forecast=True``), and on the present known exactly - each episode's deviation
+    from the popularity the generator drew it from, around the popularity at the window's end
+    (equal weights, and the forecast's own weights). Judged on the next window, as above."""
+    from flashlb.forecast import DEFAULT
+    from flashlb.objective import episode_weights
+
+    w_fc = episode_weights(WINDOW, DEFAULT["scenario_half_life"])
+    for regime in ("swaps-fast", "swaps"):
+        trace, shares = regime_trace(regime, WINDOW + CYCLE * cycles, layers, N, seed=seed,
+                                     with_popularity=True)
+        got = {"fresh": [], "forecast": [], "present known": [], "present known, forecast's weights": []}
+        for c in range(cycles):
+            t0 = WINDOW + c * CYCLE
+            seen, nxt = trace[t0 - WINDOW:t0], trace[t0:t0 + CYCLE]
+            tokens = seen.sum(-1, keepdim=True)
+            known = (shares[t0 - 1] + seen / tokens - shares[t0 - WINDOW:t0]).clamp_min(0) * tokens
+            plans = {"fresh": flashlb.plan(seen, P, D), "forecast": flashlb.plan(seen, P, D, forecast=True),
+                     "present known": flashlb.plan(known, P, D),
+                     "present known, forecast's weights": flashlb.plan(known, P, D, weights=w_fc)}
+            for k, p in plans.items():
+                got[k].append(float(metrics.peak_avg_ratio(metrics.device_loads(p, nxt)).mean()))
+        base = sum(got["fresh"]) / cycles
+        cells = ", ".join(f"{k} {sum(v) / cycles:.4f} ({100 * (sum(v) / cycles / base - 1):+.2f}%)"
+                          for k, v in got.items())
+        print(f"  regime {regime}, seed {seed}: {cells}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="three regimes, fewer cycles (< 2 min)")
@@ -288,6 +317,9 @@ def main():
 
     print("deciding more often (flashlb.simulate(cycle=...)):")
     cadence(seeds[0], cycles, 16 if quick else layers)
+
+    print("the forecast's limit (fresh plans on the popularity at the window's end, known to the generator):")
+    forecast_limit(seeds[0], cycles, 16 if quick else layers)
 
     print("pricing moves (Balancer(move_penalty=..., refresh_penalty=..., layer_penalty=...)):")
     prices(seeds[0], cycles, 16 if quick else layers,

@@ -132,6 +132,17 @@ def sample_counts(logits: torch.Tensor, g: torch.Generator, *, noise: float,
     return torch.poisson(p * float(tokens_per_episode), generator=g)
 
 
+def _sample(path: torch.Tensor, g: torch.Generator, noise, tokens_per_episode, with_popularity):
+    """The counts of a popularity path ``[T, L, N]`` (and, ``with_popularity``, the expected
+    shares ``softmax(path)`` [T, L, N]: each expert's popularity before the episode noise,
+    which only the generator knows - the limit of any forecast)."""
+    counts = sample_counts(path, g, noise=check_number(noise, "noise"),
+                           tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+    if with_popularity:
+        return counts, torch.softmax(path.expand(counts.shape), dim=-1)
+    return counts
+
+
 def _swap_groups(logit: torch.Tensor, layer: int, hot: int, cold: int, G: int) -> None:
     """In place: experts of group ``hot`` and group ``cold`` of one layer trade popularities."""
     a = slice(hot * G, (hot + 1) * G)
@@ -144,18 +155,19 @@ def _swap_groups(logit: torch.Tensor, layer: int, hot: int, cold: int, G: int) -
 # ---------------------------------------------------------------------- popularity paths
 def stationary_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
                      skew: float = 0.8, noise: float = 0.15, group_size: int = 8,
-                     tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0) -> torch.Tensor:
+                     tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0,
+                     with_popularity: bool = False):
     """``[T, L, N]``: a fixed popularity per layer; episodes differ by noise only."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
     g = torch.Generator().manual_seed(int(seed))
     base = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
-    return sample_counts(base.expand(T, L, N), g, noise=check_number(noise, "noise"),
-                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+    return _sample(base.expand(T, L, N), g, noise, tokens_per_episode, with_popularity)
 
 
 def drift_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
                 skew: float = 0.8, drift: float = 0.05, noise: float = 0.15, group_size: int = 8,
-                tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0) -> torch.Tensor:
+                tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0,
+                with_popularity: bool = False):
     """``[T, L, N]``: every expert's log-popularity takes a random-walk step of spread
     ``drift`` per episode, half of it shared by its group (groups drift together)."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
@@ -163,14 +175,13 @@ def drift_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256,
     d = check_number(drift, "drift")
     base = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
     steps = torch.stack([popularity(L, N, g, skew=d, group_size=G) for _ in range(T)])
-    return sample_counts(base + steps.cumsum(0), g, noise=check_number(noise, "noise"),
-                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+    return _sample(base + steps.cumsum(0), g, noise, tokens_per_episode, with_popularity)
 
 
 def swap_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
                skew: float = 0.8, swap_rate: float = 0.08, noise: float = 0.15,
                group_size: int = 8, tokens_per_episode: int = TOKENS_PER_EPISODE,
-               seed: int = 0) -> torch.Tensor:
+               seed: int = 0, with_popularity: bool = False):
     """``[T, L, N]``: hot/cold swaps. In each episode each layer, with probability
     ``swap_rate``, has one of its hottest groups (drawn by popularity) trade places with a
     group drawn at random: the old hot experts cool down, the new ones stay hot until the
@@ -191,14 +202,14 @@ def swap_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, 
             cold = int(torch.randint(K - 1, (1,), generator=g))
             _swap_groups(logit, layer, hot, cold + (cold >= hot), G)
         path[t] = logit
-    return sample_counts(path, g, noise=check_number(noise, "noise"),
-                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+    return _sample(path, g, noise, tokens_per_episode, with_popularity)
 
 
 def burst_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
                 skew: float = 0.8, burst_rate: float = 0.15, burst_size: float = 1.5,
                 burst_len: int = 3, noise: float = 0.15, group_size: int = 8,
-                tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0) -> torch.Tensor:
+                tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0,
+                with_popularity: bool = False):
     """``[T, L, N]``: a stationary popularity plus surges. In each episode each layer, with
     probability ``burst_rate``, has one group (drawn at random) gain ``burst_size`` in
     log-popularity, decaying linearly to nothing over ``burst_len`` episodes."""
@@ -218,14 +229,14 @@ def burst_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256,
     for age in range(span):  # a burst started `age` episodes ago still adds (1 - age/span)
         surge[age:] += kick[: T - age] * (1 - age / span)
     path = base + size * surge.repeat_interleave(G, 2)
-    return sample_counts(path, g, noise=check_number(noise, "noise"),
-                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+    return _sample(path, g, noise, tokens_per_episode, with_popularity)
 
 
 def switch_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
                  prefill_skew: float = 0.5, decode_skew: float = 1.0, overlap: float = 0.3,
                  switch_at: float | None = None, noise: float = 0.15, group_size: int = 8,
-                 tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0) -> torch.Tensor:
+                 tokens_per_episode: int = TOKENS_PER_EPISODE, seed: int = 0,
+                 with_popularity: bool = False):
     """``[T, L, N]``: a workload switch. Prefill-like popularity (flatter, spread
     ``prefill_skew``) until episode ``switch_at * T`` (None: drawn in the middle half of the
     trace), decode-like after (spread ``decode_skew``; correlation ``overlap`` with the
@@ -246,8 +257,7 @@ def switch_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256
     path = torch.empty(T, L, N, dtype=torch.float64)
     path[:cut] = check_number(prefill_skew, "prefill_skew") * unit_a
     path[cut:] = check_number(decode_skew, "decode_skew") * unit_b
-    return sample_counts(path, g, noise=check_number(noise, "noise"),
-                         tokens_per_episode=check_int(tokens_per_episode, "tokens_per_episode"))
+    return _sample(path, g, noise, tokens_per_episode, with_popularity)
 
 
 def fast_swap_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, *,
@@ -267,7 +277,10 @@ def regime_trace(regime: str, num_episodes: int, num_layers: int = 58, num_exper
                  seed: int = 0, **options) -> torch.Tensor:
     """Per-episode token counts ``[T, L, N]`` of one drift regime (see :data:`REGIMES` and the
     module docstring); ``options`` go to that regime's builder (``skew``, ``noise``,
-    ``group_size``, ``tokens_per_episode`` and the regime's own rates)."""
+    ``group_size``, ``tokens_per_episode`` and the regime's own rates). With
+    ``with_popularity=True`` every builder returns ``(counts [T, L, N], shares [T, L, N])``:
+    also each expert's expected share of its layer in each episode, before the episode noise
+    (what a forecast could at best know of the present; ``bench/serving.py`` measures that limit)."""
     if regime not in _BUILDERS:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     return _BUILDERS[regime](num_episodes, num_layers, num_experts, seed=seed, **options)

@@ -41,6 +41,19 @@ def test_fast_swaps_are_swaps_twice_as_often():
                        swap_trace(30, 3, 32, tokens_per_episode=4096, seed=7, swap_rate=0.3))
 
 
+@pytest.mark.parametrize("regime", REGIMES)
+def test_a_trace_can_come_with_its_popularity(regime):
+    plain = regime_trace(regime, 24, 2, 32, tokens_per_episode=10**6, seed=3)
+    counts, shares = regime_trace(regime, 24, 2, 32, tokens_per_episode=10**6, seed=3, with_popularity=True)
+    assert torch.equal(plain, counts)  # the same draws: asking for it changes nothing
+    assert shares.shape == counts.shape and bool((shares > 0).all())
+    torch.testing.assert_close(shares.sum(-1), torch.ones(24, 2, dtype=torch.float64))
+    # the observed shares scatter around it by the episode noise (15% in log space) only
+    observed = counts / counts.sum(-1, keepdim=True)
+    hot = shares > 0.02
+    assert float((observed[hot] / shares[hot]).log().std()) < 0.25
+
+
 def test_switch_happens_where_asked():
     tr = switch_trace(20, 2, 32, noise=0.0, switch_at=0.5, tokens_per_episode=10**7, seed=0)
     share = tr / tr.sum(-1, keepdim=True)
