@@ -55,7 +55,8 @@ class Balancer:
     num_physical / num_devices: P slots on D devices. move_penalty: cost of one moved slot in
     peak/avg units (see :func:`flashlb.plan`). refresh_penalty: the cost of one moved slot
     when a layer takes its fresh plan whole (None: ``move_penalty``). layer_penalty: the
-    fixed price of re-placing a layer at all, paid once per layer that moves. max_moves_per_cycle / max_bytes_per_cycle: at
+    fixed price of re-placing a layer at all, paid once per layer that moves.
+    max_moves_per_cycle / max_bytes_per_cycle: at
     most this many slots, or weight bytes (needs ``expert_bytes``), changed per cycle in all,
     spent where the gain per move is largest across layers (None: no cap). threshold:
     re-plan a layer whose per-episode peak/avg exceeds it. degradation: or whose ratio grew

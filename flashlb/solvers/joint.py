@@ -227,16 +227,16 @@ def plan_near_previous(loads: torch.Tensor, weights: torch.Tensor, previous: Pla
         objective, moves = score_points(cands, old[rows], loads[rows], weights[rows], D)
         pick = choose(objective, moves, move_penalty, budget, layer_penalty, refresh_penalty)
         out[rows] = cands[torch.arange(rows.numel()), pick]
-        price[rows] = torch.where(pick == 1, torch.tensor(refresh, dtype=torch.float64),
-                                  torch.tensor(float(move_penalty), dtype=torch.float64))
+        price[rows] = float(move_penalty)
+        price[rows[pick == 1]] = refresh
         return out, price
     chosen = replan(old[rows], fresh[rows], loads[rows], weights[rows], D,
                     move_penalty=move_penalty, max_moves=budget, layer_penalty=layer_penalty,
                     refresh_penalty=refresh_penalty, smoothing=settings.smoothing,
                     seed=settings.seed, deadline=settings.deadline)
     took_fresh = (chosen == fresh[rows]).all(1) & (chosen != old[rows]).any(1)
-    price[rows] = torch.where(took_fresh, torch.tensor(refresh, dtype=torch.float64),
-                              torch.tensor(float(move_penalty), dtype=torch.float64))
+    price[rows] = float(move_penalty)
+    price[rows[took_fresh]] = refresh
     # A point the local search improved may have its devices in another order than the
     # placement in service; relabelling them keeps the loads and never adds a move.
     out[rows] = align_to(Placement.from_phy2log(chosen, N, D), previous.select_layers(rows)).phy2log
@@ -250,11 +250,10 @@ def greedy_fallback(phy2log: torch.Tensor, greedy: torch.Tensor, loads: torch.Te
     """Per layer, the default greedy's placement where it scores better and is duplicate-free.
 
     phy2log, greedy: [L, P]; loads: [L, T, N], weights: [L, T]. The score is the weighted
-    peak/avg, plus ``move_penalty`` (a float, or [L] what each layer's moves were priced at)
-    per slot that differs from ``previous`` when one is given and ``layer_penalty`` where any
-    does; the greedy's placement is a whole re-plan, its moves priced at ``refresh_penalty``
-    (None: ``move_penalty``)
-    (the greedy's placement is then first aligned to ``previous``, whole nodes kept whole).
+    peak/avg; when ``previous`` is given, plus the price of each slot that differs from it
+    and ``layer_penalty`` where any does. Our slots cost ``move_penalty`` (a float, or [L] the
+    price each layer's moves were chosen at); the greedy's placement, a whole re-plan first
+    aligned to ``previous`` (whole nodes kept whole), pays ``refresh_penalty`` (None: the same).
     """
     N, D = loads.shape[2], num_devices
     g = Placement.from_phy2log(greedy, N, D)
