@@ -10,8 +10,8 @@ flashlb.synthetic; every 8 episodes each policy re-plans from the last 16 and is
 episode, on the next 8; all start from the boot map (flashlb.boot_placement). Printed per
 regime and seed: next-window mean per-episode peak/avg, slots moved, bytes moved (DeepSeek-V3
 expert: 3 matrices of 7168 x 2048 in 8 bits), seconds per decision; the forecast's gain
-(forecast vs fresh); the balance-vs-moves curve over Balancer move budgets (PNG); and
-workloads planned together (real DeepSeek-V3 statistics in ../shared/data, leave one out).
+(forecast vs fresh); the balance-vs-moves curve over Balancer move budgets (PNG); the
+Balancer's prices across cluster shapes; and workloads planned together (real DeepSeek-V3 statistics in ../shared/data, leave one out).
 
 The column vllm-ascend-flashlb is the public FlashLB policy of vllm-ascend in its own update
 loop (bench/upstream_flashlb.py); it runs only where numba, scipy and the vllm-ascend sources
@@ -221,6 +221,38 @@ def prices(seed, cycles, layers, regimes):
         against_fresh(regime, seed, cycles, layers, variants)
 
 
+# Cluster shapes (experts, slots, devices): DeepSeek-V3's 256 experts on 8-72 devices, and
+# 128 or 64 experts (Qwen3-MoE-like, smaller models).
+SHAPES = ((256, 288, 32), (256, 264, 8), (256, 272, 16), (256, 320, 64), (256, 288, 72),
+          (128, 160, 16), (128, 160, 32), (128, 144, 16), (64, 80, 8))
+
+
+def shapes(seed, cycles, layers, regimes, cases=SHAPES):
+    """The Balancer's defaults (prices by the shape, flashlb.redeploy.default_prices) and the
+    prices of 256 experts on 32 devices kept for every shape, against fresh plans every 8."""
+    from flashlb.redeploy import default_prices
+
+    fixed = dict(move_penalty=default_prices(256, 32)[0], refresh_penalty=default_prices(256, 32)[1])
+    for n, p, d in cases:
+        rows = {"defaults (by the shape)": [], "the prices of 256 experts / 32 devices": []}
+        for regime in regimes:
+            trace = regime_trace(regime, WINDOW + CYCLE * cycles, layers, n, seed=seed)
+            ref = flashlb.simulate(trace, p, d, cycle=CYCLE, window=WINDOW, policies=("fresh", "default"))
+            for (label, cells), opts in zip(rows.items(), ({}, fixed)):
+                r = flashlb.simulate(trace, p, d, cycle=CYCLE, window=WINDOW, policies=("balancer",),
+                                     balancer_options=opts)["balancer"]
+                cells.append((100 * (r.mean_ratio / ref["fresh"].mean_ratio - 1),
+                              100 * r.total_moves / max(ref["default"].total_moves, 1)))
+        move, refresh = default_prices(n, d)
+        print(f"  {n} experts, {p} slots / {d} devices (prices by the shape {move:.2g}, {refresh:.2g}); "
+              f"against fresh, share of the aligned default's moves, mean over {', '.join(regimes)}:")
+        for label, cells in rows.items():
+            a = sum(x for x, _ in cells) / len(cells)
+            b = sum(y for _, y in cells) / len(cells)
+            each = "; ".join(f"{x:+.2f}% {y:.1f}%" for x, y in cells)
+            print(f"    {label}: {a:+.2f}%, {b:.1f}%   ({each})", flush=True)
+
+
 def forecast_limit(seed, cycles, layers):
     """What a forecast could gain at best: fresh plans every cycle on the episodes, on the
     forecast (``forecast=True``), and on the present known exactly - each episode's deviation
@@ -324,6 +356,10 @@ def main():
     print("pricing moves (Balancer(move_penalty=..., refresh_penalty=..., layer_penalty=...)):")
     prices(seeds[0], cycles, 16 if quick else layers,
            ("swaps-fast", "stationary") if quick else [r for r in REGIMES if r != "drift"])
+
+    print("prices across cluster shapes (16 layers, Balancer defaults vs one pair of prices):")
+    shapes(seeds[0], 3 if quick else 12, 16, ("swaps-fast", "stationary") if quick else
+           ("swaps-fast", "stationary", "switch", "bursts"), SHAPES[:3] if quick else SHAPES)
 
     print("workloads planned together (flashlb.plan_workloads):")
     workloads(quick)

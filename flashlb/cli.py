@@ -261,6 +261,12 @@ def cmd_simulate(args) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     _print_simulation(res, args.expert_bytes)
+    if "balancer" in res:
+        from .redeploy import Balancer
+
+        move, refresh = Balancer(args.physical, args.devices, **options).prices(h.shape[-1])
+        refresh = "as a move" if refresh is None else f"{refresh:.3g}"
+        print(f"balancer prices per moved slot: {move:.3g}, when a layer takes its fresh plan whole: {refresh}")
     if args.out:
         out = _out_dir(args.out)
         path = _plot_simulation(res, out)
@@ -464,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threshold", type=float, default=None, help="balancer: re-plan layers above this peak/avg "
                    "(default: the Balancer's)")
     q.add_argument("--move-penalty", type=float, default=None, help="balancer: cost of one moved slot "
-                   "(default: the Balancer's)")
+                   "(default: the Balancer's, by the cluster's shape)")
     q.add_argument("--refresh-penalty", type=float, default=None, help="balancer: cost of one moved slot when a "
-                   "layer takes its fresh plan whole (default: the Balancer's)")
+                   "layer takes its fresh plan whole (default: the Balancer's, by the cluster's shape)")
     q.add_argument("--layer-penalty", type=float, default=None, help="balancer: fixed cost of re-placing a layer "
                    "at all, in peak/avg units (default: the Balancer's, 0)")
     q.add_argument("--max-moves", type=int, default=None, help="balancer: at most this many slots moved per cycle")
