@@ -51,15 +51,20 @@ def default_prices(num_experts: int, num_devices: int) -> tuple[float, float]:
 
 
 def _price(value, name: str, none_ok: bool = False):
-    """A price argument: "auto" (by the shape, at the first step), a number >= 0, or (where
-    ``none_ok``) None."""
-    if isinstance(value, str):
-        if value == "auto":
-            return value
-        raise ValueError(f"{name} must be 'auto' or a number >= 0, got {value!r}")
+    """A price argument: "auto" (by the shape, resolved at each step), a number in [0, 1e6]
+    (as :func:`flashlb.plan` takes it), or (where ``none_ok``) None."""
     if value is None and none_ok:
         return None
-    return check_number(value, name, maximum=1e6)
+    if isinstance(value, str):
+        if value == "auto":
+            return "auto"  # a plain str, also for numpy's str_
+    else:
+        try:
+            return check_number(value, name, maximum=1e6)
+        except ValueError:
+            pass
+    accepted = "'auto', None or a number" if none_ok else "'auto' or a number"
+    raise ValueError(f"{name} must be {accepted} in [0, 1e6], got {value!r}")
 
 
 @dataclass(frozen=True)
