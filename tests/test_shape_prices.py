@@ -53,3 +53,28 @@ def test_numpy_prices_are_numbers_and_numpy_auto_is_auto():
     assert a.prices(32) == default_prices(32, 8)
 
 
+# ------------------------------------------------------------------ default_prices
+
+@pytest.mark.parametrize("n, d, name", [
+    (0, 8, "num_experts"), (-1, 8, "num_experts"), (8.0, 8, "num_experts"), (True, 8, "num_experts"),
+    ("256", 8, "num_experts"), (None, 8, "num_experts"), (MAX_SLOTS + 1, 8, "num_experts"),
+    (10**400, 8, "num_experts"), (8, 0, "num_devices"), (8, -3, "num_devices"),
+    (8, 8.0, "num_devices"), (8, True, "num_devices"), (8, None, "num_devices"),
+    (8, MAX_SLOTS + 1, "num_devices"), (8, 2**64, "num_devices"), (8, 10**400, "num_devices"),
+])
+def test_default_prices_refuse_bad_shapes(n, d, name):
+    with pytest.raises(ValueError, match=name):
+        default_prices(n, d)
+
+
+@pytest.mark.parametrize("n, d", [(1, 1), (1, MAX_SLOTS), (MAX_SLOTS, 1), (MAX_SLOTS, MAX_SLOTS),
+                                  (4096, 1024), (256, 32), (np.int64(256), torch.tensor(32))])
+def test_default_prices_of_extreme_shapes_are_prices_plan_accepts(n, d):
+    move, refresh = default_prices(n, d)
+    for p in (move, refresh):
+        assert type(p) is float and math.isfinite(p) and 0 < p <= PLAN_MAX_PRICE
+    # the shape scales both prices alike
+    assert refresh / move == pytest.approx(4.7e-4 / 1.2e-3)
+    assert move == pytest.approx(1.2e-3 * (int(d) / 32) * (256 / int(n)) ** 2)
+
+

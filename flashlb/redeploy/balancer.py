@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import metrics
-from .._checks import as_hotness, check_budget, check_int, check_number, check_sizes
+from .._checks import MAX_SLOTS, as_hotness, check_budget, check_int, check_number, check_sizes
 from .._files import atomic_write, read_data
 from ..api import check_previous, forecast_options, plan
 from ..placement import Placement
@@ -35,7 +35,8 @@ REFRESH_PENALTY = 4.7e-4
 
 def default_prices(num_experts: int, num_devices: int) -> tuple[float, float]:
     """``(move_penalty, refresh_penalty)`` for ``num_experts`` experts on ``num_devices``
-    devices: :data:`MOVE_PENALTY` and :data:`REFRESH_PENALTY` times ``(D / 32) * (256 / N)^2``.
+    devices: :data:`MOVE_PENALTY` and :data:`REFRESH_PENALTY` times ``(D / 32) * (256 / N)^2``
+    (N and D: integers in [1, 65536], the most slots of a layer).
 
     A moved slot shifts one replica's load, about ``D / N`` of a device's, so what a move can
     gain in peak/avg grows with the device count and falls with the expert count; the square
@@ -46,6 +47,11 @@ def default_prices(num_experts: int, num_devices: int) -> tuple[float, float]:
     """
     N = check_int(num_experts, "num_experts")
     D = check_int(num_devices, "num_devices")
+    # A layer has at most MAX_SLOTS slots, and N, D <= P: within that the prices stay finite
+    # and <= 1.7e5, which plan accepts (<= 1e6).
+    for name, v in (("num_experts", N), ("num_devices", D)):
+        if v > MAX_SLOTS:
+            raise ValueError(f"{name} must be <= {MAX_SLOTS} (the most slots of a layer), got {v}")
     scale = (D / 32) * (256 / N) ** 2
     return MOVE_PENALTY * scale, REFRESH_PENALTY * scale
 
