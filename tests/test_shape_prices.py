@@ -78,3 +78,63 @@ def test_default_prices_of_extreme_shapes_are_prices_plan_accepts(n, d):
     assert move == pytest.approx(1.2e-3 * (int(d) / 32) * (256 / int(n)) ** 2)
 
 
+# ------------------------------------------------------------------ the Balancer on extreme shapes
+
+@pytest.mark.parametrize("n, p, d", [(1, 1, 1), (1, 8, 8), (2, 2, 1), (2, 4, 2), (3, 6, 3), (4, 8, 8),
+                                     (8, 8, 1), (5, 40, 8), (16, 64, 8), (64, 80, 8)])
+def test_auto_prices_keep_placements_valid_on_extreme_shapes(n, p, d):
+    h = window(16, 2, n, seed=n + p + d)
+    h[8:] = h[8:].flip(-1)  # hot and cold experts trade places
+    current = flashlb.plan(h[:8], p, d)
+    bal = Balancer(p, d)
+    up = bal.step(h[8:], current)
+    # every expert has a replica, no expert twice on a device, every device full
+    up.placement.validate()
+    assert torch.equal(up.placement.logcnt.sum(-1), torch.full((2,), p))
+    assert bool((up.placement.logcnt >= 1).all())
+    assert up.placement.device_view().shape == (2, d, p // d)
+    assert torch.equal(up.moves, metrics.moves(current, up.placement))
+    kept = torch.ones(2, dtype=torch.bool)
+    kept[up.layers] = False
+    assert int(up.moves[kept].sum()) == 0  # layers not re-placed stay as they were
+    move, refresh = bal.prices(n)
+    assert (move, refresh) == default_prices(n, d)
+
+
+# ------------------------------------------------------------------ windows of another expert count
+
+def test_auto_prices_follow_each_window_and_leave_no_state():
+    L, D = 2, 8
+    small, large = window(24, L, 32, seed=1), window(24, L, 64, seed=2)
+    small[12:], large[12:] = small[12:].flip(-1), large[12:].flip(-1)
+    cur_small, cur_large = flashlb.plan(small[:12], 40, D), flashlb.plan(large[:12], 72, D)
+    # one Balancer sees 32 experts, then 64 (another model behind the same object)
+    auto = Balancer(40, D)
+    auto.step(small[12:], cur_small)
+    auto.num_physical = 72
+    state = auto.state_dict()
+    assert set(state) == {"reference", "measured", "cycles"}  # prices are not state
+    got = auto.step(large[12:], cur_large)
+    # the same decision as a fresh Balancer with the 64-expert prices spelled out, same state
+    move, refresh = default_prices(64, D)
+    spelled = Balancer(72, D, move_penalty=move, refresh_penalty=refresh)
+    spelled.load_state_dict(state)
+    want = spelled.step(large[12:], cur_large)
+    assert torch.equal(got.placement.phy2log, want.placement.phy2log)
+    assert auto.prices(64) == (move, refresh) and auto.prices(32) == default_prices(32, D)
+
+
+def test_save_and_load_keep_auto_prices_auto(tmp_path):
+    h = window(24, 2, 32, seed=3)
+    current = flashlb.plan(h[:12], 40, 8)
+    bal = Balancer(40, 8)
+    first = bal.step(h[12:], current)
+    bal.save(tmp_path / "state.pt")
+    again = Balancer(40, 8)
+    again.load(tmp_path / "state.pt")
+    assert again.move_penalty == "auto" and again.refresh_penalty == "auto"
+    a = bal.step(h[12:], first.placement)
+    b = again.step(h[12:], first.placement)
+    assert torch.equal(a.placement.phy2log, b.placement.phy2log) and torch.equal(a.moves, b.moves)
+
+
