@@ -207,6 +207,21 @@ def plan_workloads(workloads, num_physical: int, num_devices: int, *,
     return plan(torch.stack(scen), num_physical, num_devices, forecast=False, weights=weights, **options)
 
 
+# The keyword options plan hands to the joint search unchanged (flashlb.solvers.joint.solve).
+SEARCH_OPTIONS = ("smoothing", "perturb_rounds")
+
+
+def check_plan_options(options: dict, owner: str) -> None:
+    """Refuse option names that :func:`plan` does not take, before any work: a misspelt one
+    (``refresh_penalti``) would otherwise fail only inside the search, after the rest."""
+    import inspect
+
+    known = {k for k, p in inspect.signature(plan).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - known - set(SEARCH_OPTIONS))
+    if unknown:
+        raise ValueError(f"{owner}: unknown options {unknown}")
+
+
 def forecast_options(forecast) -> dict | None:
     """plan's ``forecast`` argument as forecast_scenarios options, or None (off); checked in
     full (TypeError for another type, ValueError naming a bad option)."""

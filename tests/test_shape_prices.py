@@ -138,3 +138,42 @@ def test_save_and_load_keep_auto_prices_auto(tmp_path):
     assert torch.equal(a.placement.phy2log, b.placement.phy2log) and torch.equal(a.moves, b.moves)
 
 
+# ------------------------------------------------------------------ vllm-ascend adapter
+
+def _table():
+    return Placement.from_phy2log(torch.arange(24).remainder(16).repeat(3, 1), 16, 4).device_view()
+
+
+def test_vllm_ascend_policy_passes_prices_through():
+    workload = torch.rand(2, 3, 4, 6, generator=torch.Generator().manual_seed(1)) * 100
+    auto = vllm_ascend.FlashLBPolicy()
+    auto.rebalance_experts(_table(), workload)
+    assert auto.balancer.prices(16) == default_prices(16, 4)  # N and D read from the table
+    given = vllm_ascend.FlashLBPolicy(move_penalty=2e-3, refresh_penalty=None)
+    given.rebalance_experts(_table(), workload)
+    assert given.balancer.prices(16) == (2e-3, None)
+
+
+@pytest.mark.parametrize("options", [dict(move_penalty="AUTO"), dict(refresh_penalty=float("nan")),
+                                     dict(move_penalty=None), dict(refresh_penalty=-1.0),
+                                     dict(move_penalty=b"auto")])
+def test_vllm_ascend_policy_refuses_bad_prices_at_construction(options):
+    name = next(iter(options))
+    with pytest.raises(ValueError, match=name):
+        vllm_ascend.FlashLBPolicy(**options)
+    # install() checks them before it looks for vllm-ascend
+    with pytest.raises(ValueError, match=name):
+        vllm_ascend.install(options)
+
+
+@pytest.mark.parametrize("typo", ["refresh_penalti", "move_price", "refresh"])
+def test_misspelt_options_are_refused_at_construction(typo):
+    # they went to plan as "other options" and failed only inside the first cycle's search
+    with pytest.raises(ValueError, match=typo):
+        Balancer(48, 8, **{typo: 1e-3})
+    with pytest.raises(ValueError, match=typo):
+        vllm_ascend.FlashLBPolicy(**{typo: 1e-3})
+    # plan's own options and the search's pass
+    Balancer(48, 8, num_groups=4, time_budget=1.0, seed=3, smoothing=0.1, perturb_rounds=2)
+
+

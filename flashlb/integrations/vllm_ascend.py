@@ -57,6 +57,8 @@ class FlashLBPolicy:
 
     def __init__(self, config=None, **balancer_options):
         self.config = config  # older factories hand their dynamic-EPLB config over; unused
+        # Bad or unknown options fail here, not at the first cycle inside the EPLB worker.
+        Balancer(2, 1, **balancer_options)
         self.balancer_options = balancer_options
         self.balancer: Balancer | None = None
 
@@ -94,13 +96,14 @@ def install(balancer_options: dict | None = None) -> None:
     Other types go to the original factory. The replaced policy's numba warm-up (called by
     the factory and by the EPLB worker process for type 3) becomes a no-op. Idempotent.
     """
+    options = dict(balancer_options or {})
+    Balancer(2, 1, **options)  # bad options fail now, before vllm-ascend is touched
     from vllm_ascend.eplb.core.policy import policy_factory
 
     factory = policy_factory.PolicyFactory
     original = factory.__dict__["generate_policy"]
     original = getattr(original, "__func__", original)
     original = getattr(original, "_flashlb_original", original)
-    options = dict(balancer_options or {})
 
     def generate_policy(policy_type, *args, **kwargs):
         if policy_type == MULTI_STAGE_POLICY_TYPE:
@@ -124,7 +127,7 @@ def plugin(environ=None) -> None:
     if env.get(ENABLE_ENV, "").strip().lower() not in ("1", "true", "yes"):
         return
     options = balancer_options_from_env(env)
-    Balancer(2, 1, **options)  # reject unknown or bad options now, not at the first cycle
+    Balancer(2, 1, **options)  # reject unknown or bad options now, also without vllm-ascend
     try:
         install(options)
     except ImportError as exc:

@@ -22,7 +22,7 @@ import torch
 from .. import metrics
 from .._checks import MAX_SLOTS, as_hotness, check_budget, check_int, check_number, check_sizes
 from .._files import atomic_write, read_data
-from ..api import check_previous, forecast_options, plan
+from ..api import check_plan_options, check_previous, forecast_options, plan
 from ..placement import Placement
 
 __all__ = ["Balancer", "Update", "default_prices", "MOVE_PENALTY", "REFRESH_PENALTY"]
@@ -156,7 +156,9 @@ class Balancer:
         for key in ("previous", "max_moves", "algorithm"):
             if key in plan_options:
                 raise ValueError(f"Balancer sets {key!r} itself; it is not a plan option here")
-        forecast_options(forecast)  # the check plan runs, here before the first cycle
+        # The checks plan runs, here before the first cycle.
+        check_plan_options(plan_options, "Balancer")
+        forecast_options(forecast)
         self.plan_options = dict(plan_options, forecast=forecast)
         self.reference: torch.Tensor | None = None  # [L] ratio after the last placement
         self.measured: torch.Tensor | None = None   # [L] bool: reference holds a measurement
