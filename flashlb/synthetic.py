@@ -191,9 +191,12 @@ def swap_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, 
     rate = check_number(swap_rate, "swap_rate")
     if rate > 1:
         raise ValueError(f"swap_rate must be a probability in [0, 1], got {swap_rate!r}")
+    K = N // G
+    if K < 2 and rate > 0:
+        raise ValueError(f"swaps need two groups of experts or more: num_experts={N} makes {K} "
+                         f"group of group_size={G}")
     logit = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
     path = torch.empty(T, L, N, dtype=torch.float64)
-    K = N // G
     for t in range(T):
         events = (torch.rand(L, generator=g, dtype=torch.float64) < rate).nonzero().flatten()
         for layer in events.tolist():

@@ -63,13 +63,16 @@ def test_switch_happens_where_asked():
 
 
 @pytest.mark.parametrize("bad", [dict(regime="nope"), dict(group_size=5), dict(skew=float("nan")),
-                                 dict(regime="swaps", swap_rate=1.5), dict(num_episodes=0)])
+                                 dict(regime="swaps", swap_rate=1.5), dict(num_episodes=0),
+                                 dict(regime="swaps-fast", num_experts=8), dict(regime="swaps", group_size=32)])
 def test_regime_bad_input(bad):
-    args = dict(regime="drift", num_episodes=4, num_layers=2, num_experts=32)
+    args = dict(regime="drift", num_episodes=40, num_layers=2, num_experts=32)
     args.update(bad)
     with pytest.raises(ValueError):
         regime_trace(args.pop("regime"), args.pop("num_episodes"), args.pop("num_layers"),
                      args.pop("num_experts"), **args)
+    # one group has none to swap with; without swaps it is a trace like any other
+    assert swap_trace(4, 2, 8, swap_rate=0.0).shape == (4, 2, 8)
 
 
 # ---------------------------------------------------------------------- boot map and replay

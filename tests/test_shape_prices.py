@@ -177,3 +177,47 @@ def test_misspelt_options_are_refused_at_construction(typo):
     Balancer(48, 8, num_groups=4, time_budget=1.0, seed=3, smoothing=0.1, perturb_rounds=2)
 
 
+# ------------------------------------------------------------------ command line
+
+SIM = ["simulate", "--regime", "swaps-fast", "--layers", "2", "--episodes", "40", "--experts", "64",
+       "--physical", "80", "--devices", "8"]
+
+
+def _price_line(out):
+    lines = [l for l in out.splitlines() if l.startswith("balancer prices")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+def test_cli_simulate_prints_the_prices_it_used(capsys):
+    assert main(SIM + ["--policies", "balancer,default"]) == 0
+    move, refresh = default_prices(64, 8)
+    line = _price_line(capsys.readouterr().out)
+    assert f"{move:.3g}" in line and f"{refresh:.3g}" in line
+    assert main(SIM + ["--policies", "balancer", "--move-penalty", "0.001"]) == 0
+    line = _price_line(capsys.readouterr().out)
+    assert "slot: 0.001," in line and f"{refresh:.3g}" in line  # refresh stays by the shape
+    assert main(SIM + ["--policies", "balancer", "--move-penalty", "0.001", "--refresh-penalty", "0.0002"]) == 0
+    assert _price_line(capsys.readouterr().out).endswith(": 0.0002")
+
+
+def test_cli_simulate_without_the_balancer_prints_no_prices(capsys):
+    assert main(SIM + ["--policies", "fresh,default", "--move-penalty", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "fresh" in out and "prices" not in out
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "2e6"])
+def test_cli_simulate_refuses_bad_prices(value, capsys):
+    assert main(SIM + ["--policies", "balancer", "--move-penalty", value]) == 2
+    err = capsys.readouterr().err
+    assert "move_penalty" in err and "internal error" not in err
+
+
+def test_cli_swaps_of_a_single_group_is_a_clear_error(capsys):
+    # the README's advice: replay --regime swaps-fast --experts N to pick prices; with one
+    # group of experts there is nothing to swap
+    assert main(["simulate", "--regime", "swaps-fast", "--experts", "8", "--physical", "16",
+                 "--devices", "8", "--layers", "2", "--episodes", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "group" in err
