@@ -104,23 +104,27 @@ def test_auto_prices_keep_placements_valid_on_extreme_shapes(n, p, d):
 # ------------------------------------------------------------------ windows of another expert count
 
 def test_auto_prices_follow_each_window_and_leave_no_state():
-    L, D = 2, 8
+    P, D, L = 72, 8, 2
     small, large = window(24, L, 32, seed=1), window(24, L, 64, seed=2)
-    small[12:], large[12:] = small[12:].flip(-1), large[12:].flip(-1)
-    cur_small, cur_large = flashlb.plan(small[:12], 40, D), flashlb.plan(large[:12], 72, D)
+    small[12:] = small[12:].flip(-1)
+    large[12:] = large[:12] * (1 + window(12, L, 64, seed=102) / 100)  # a drift, where prices matter
+    cur_small, cur_large = flashlb.plan(small[:12], P, D), flashlb.plan(large[:12], P, D)
     # one Balancer sees 32 experts, then 64 (another model behind the same object)
-    auto = Balancer(40, D)
+    auto = Balancer(P, D)
     auto.step(small[12:], cur_small)
-    auto.num_physical = 72
     state = auto.state_dict()
     assert set(state) == {"reference", "measured", "cycles"}  # prices are not state
     got = auto.step(large[12:], cur_large)
     # the same decision as a fresh Balancer with the 64-expert prices spelled out, same state
     move, refresh = default_prices(64, D)
-    spelled = Balancer(72, D, move_penalty=move, refresh_penalty=refresh)
+    spelled = Balancer(P, D, move_penalty=move, refresh_penalty=refresh)
     spelled.load_state_dict(state)
     want = spelled.step(large[12:], cur_large)
     assert torch.equal(got.placement.phy2log, want.placement.phy2log)
+    # and the 32-expert prices would have decided otherwise (the test can tell them apart)
+    dear = Balancer(P, D, move_penalty=default_prices(32, D)[0], refresh_penalty=default_prices(32, D)[1])
+    dear.load_state_dict(state)
+    assert int(dear.step(large[12:], cur_large).moves.sum()) < int(got.moves.sum())
     assert auto.prices(64) == (move, refresh) and auto.prices(32) == default_prices(32, D)
 
 
