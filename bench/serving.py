@@ -225,6 +225,8 @@ def prices(seed, cycles, layers, regimes):
 # 128 or 64 experts (Qwen3-MoE-like, smaller models).
 SHAPES = ((256, 288, 32), (256, 264, 8), (256, 272, 16), (256, 320, 64), (256, 288, 72),
           (128, 160, 16), (128, 160, 32), (128, 144, 16), (64, 80, 8))
+# Below the fitted range: few experts, and two experts per device or fewer.
+SMALL_SHAPES = ((32, 40, 8), (16, 32, 8), (32, 64, 16))
 
 
 def shapes(seed, cycles, layers, regimes, cases=SHAPES):
@@ -359,7 +361,7 @@ def main():
 
     print("prices across cluster shapes (16 layers, Balancer defaults vs one pair of prices):")
     shapes(seeds[0], 3 if quick else 12, 16, ("swaps-fast", "stationary") if quick else
-           ("swaps-fast", "stationary", "switch", "bursts"), SHAPES[:3] if quick else SHAPES)
+           ("swaps-fast", "stationary", "switch", "bursts"), SHAPES[:3] if quick else SHAPES + SMALL_SHAPES)
 
     print("workloads planned together (flashlb.plan_workloads):")
     workloads(quick)

@@ -43,7 +43,8 @@ def default_prices(num_experts: int, num_devices: int) -> tuple[float, float]:
     on N is fitted. Across 8-72 devices and 64-256 experts this keeps the Balancer within ~1%
     of fresh plans at ~20% of the aligned default's moves, where one pair of prices for every
     shape re-planned too little on 16 devices and far too much on 64 or more, or with fewer
-    experts (README, "Redeployment").
+    experts (README, "Redeployment"). Below that range, with two experts per device or fewer,
+    it prices moves too dear (6-9% above fresh plans): give the prices there.
     """
     N = check_int(num_experts, "num_experts")
     D = check_int(num_devices, "num_devices")
@@ -101,7 +102,8 @@ class Balancer:
     num_physical / num_devices: P slots on D devices. move_penalty: cost of one moved slot in
     peak/avg units (see :func:`flashlb.plan`); "auto": :func:`default_prices` for the window's
     number of experts and D. refresh_penalty: the cost of one moved slot when a
-    layer takes its fresh plan whole ("auto" as above; None: ``move_penalty``). layer_penalty: the
+    layer takes its fresh plan whole ("auto" as above, also when ``move_penalty`` is a number;
+    None: ``move_penalty``). layer_penalty: the
     fixed price of re-placing a layer at all, paid once per layer that moves.
     max_moves_per_cycle / max_bytes_per_cycle: at
     most this many slots, or weight bytes (needs ``expert_bytes``), changed per cycle in all,
