@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import flashlb
 from flashlb import Balancer, Placement, metrics
@@ -76,6 +77,34 @@ def test_default_prices_of_extreme_shapes_are_prices_plan_accepts(n, d):
     # the shape scales both prices alike
     assert refresh / move == pytest.approx(4.7e-4 / 1.2e-3)
     assert move == pytest.approx(1.2e-3 * (int(d) / 32) * (256 / int(n)) ** 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, MAX_SLOTS), d=st.integers(1, MAX_SLOTS // 2))
+def test_default_prices_scale_with_the_shape(n, d):
+    move, refresh = default_prices(n, d)
+    assert 0 < refresh < move <= PLAN_MAX_PRICE
+    # twice the devices: twice the prices; twice the experts: a quarter (where both are valid)
+    assert default_prices(n, 2 * d)[0] == pytest.approx(2 * move)
+    if 2 * n <= MAX_SLOTS:
+        assert default_prices(2 * n, d)[0] == pytest.approx(move / 4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 24), d=st.sampled_from([1, 2, 3, 4, 8]), extra=st.integers(0, 3),
+       seed=st.integers(0, 2**16))
+def test_auto_prices_keep_placements_valid_on_any_small_shape(n, d, extra, seed):
+    per_device = -(-n // d) + extra  # enough slots for every expert, at most n per device
+    if per_device > n:
+        per_device = n
+    p = per_device * d
+    h = window(12, 2, n, seed=seed)
+    h[6:] = h[6:].roll(1, -1)
+    current = flashlb.plan(h[:6], p, d)
+    up = Balancer(p, d).step(h[6:], current)
+    up.placement.validate()
+    assert bool((up.placement.logcnt >= 1).all())
+    assert torch.equal(up.moves, metrics.moves(current, up.placement))
 
 
 # ------------------------------------------------------------------ the Balancer on extreme shapes

@@ -176,7 +176,8 @@ class Balancer:
 
     def prices(self, num_experts: int) -> tuple[float, float | None]:
         """``(move_penalty, refresh_penalty)`` the Balancer uses for ``num_experts`` experts:
-        the given numbers, or :func:`default_prices` where "auto"."""
+        the given numbers, or :func:`default_prices` where "auto" (refresh None where given
+        None: a whole re-plan's move costs ``move_penalty``)."""
         auto = default_prices(num_experts, self.num_devices)
         move = auto[0] if self.move_penalty == "auto" else self.move_penalty
         refresh = auto[1] if self.refresh_penalty == "auto" else self.refresh_penalty
