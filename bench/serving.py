@@ -221,22 +221,21 @@ def prices(seed, cycles, layers, regimes):
         against_fresh(regime, seed, cycles, layers, variants)
 
 
-# Cluster shapes (experts, slots, devices): DeepSeek-V3's 256 experts on 8-72 devices, and
-# 128 or 64 experts (Qwen3-MoE-like, smaller models).
+# Cluster shapes (experts, slots, devices): DeepSeek-V3's 256 experts on 8-72 devices, 128 or
+# 64 experts (Qwen3-MoE-like, smaller models), and few experts with up to two slots each.
 SHAPES = ((256, 288, 32), (256, 264, 8), (256, 272, 16), (256, 320, 64), (256, 288, 72),
-          (128, 160, 16), (128, 160, 32), (128, 144, 16), (64, 80, 8))
-# Below the fitted range: few experts, and two experts per device or fewer.
-SMALL_SHAPES = ((32, 40, 8), (16, 32, 8), (32, 64, 16))
+          (128, 160, 16), (128, 160, 32), (128, 144, 16), (64, 80, 8),
+          (32, 40, 8), (16, 32, 8), (32, 64, 16))
 
 
 def shapes(seed, cycles, layers, regimes, cases=SHAPES):
     """The Balancer's defaults (prices by the shape, flashlb.redeploy.default_prices) and the
-    prices of 256 experts on 32 devices kept for every shape, against fresh plans every 8."""
+    prices of 288 slots on 32 devices kept for every shape, against fresh plans every 8."""
     from flashlb.redeploy import default_prices
 
-    fixed = dict(move_penalty=default_prices(256, 32)[0], refresh_penalty=default_prices(256, 32)[1])
+    fixed = dict(move_penalty=default_prices(288, 32)[0], refresh_penalty=default_prices(288, 32)[1])
     for n, p, d in cases:
-        rows = {"defaults (by the shape)": [], "the prices of 256 experts / 32 devices": []}
+        rows = {"defaults (by the shape)": [], "the prices of 288 slots / 32 devices": []}
         for regime in regimes:
             trace = regime_trace(regime, WINDOW + CYCLE * cycles, layers, n, seed=seed)
             ref = flashlb.simulate(trace, p, d, cycle=CYCLE, window=WINDOW, policies=("fresh", "default"))
@@ -245,7 +244,7 @@ def shapes(seed, cycles, layers, regimes, cases=SHAPES):
                                      balancer_options=opts)["balancer"]
                 cells.append((100 * (r.mean_ratio / ref["fresh"].mean_ratio - 1),
                               100 * r.total_moves / max(ref["default"].total_moves, 1)))
-        move, refresh = default_prices(n, d)
+        move, refresh = default_prices(p, d)
         print(f"  {n} experts, {p} slots / {d} devices (prices by the shape {move:.2g}, {refresh:.2g}); "
               f"against fresh, share of the aligned default's moves, mean over {', '.join(regimes)}:")
         for label, cells in rows.items():
@@ -361,7 +360,7 @@ def main():
 
     print("prices across cluster shapes (16 layers, Balancer defaults vs one pair of prices):")
     shapes(seeds[0], 3 if quick else 12, 16, ("swaps-fast", "stationary") if quick else
-           ("swaps-fast", "stationary", "switch", "bursts"), SHAPES[:3] if quick else SHAPES + SMALL_SHAPES)
+           ("swaps-fast", "stationary", "switch", "bursts"), SHAPES[:3] if quick else SHAPES)
 
     print("workloads planned together (flashlb.plan_workloads):")
     workloads(quick)

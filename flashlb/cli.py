@@ -264,7 +264,7 @@ def cmd_simulate(args) -> int:
     if "balancer" in res:
         from .redeploy import Balancer
 
-        move, refresh = Balancer(args.physical, args.devices, **options).prices(h.shape[-1])
+        move, refresh = Balancer(args.physical, args.devices, **options).prices()
         refresh = "as a move" if refresh is None else f"{refresh:.3g}"
         print(f"balancer prices per moved slot: {move:.3g}, when a layer takes its fresh plan whole: {refresh}")
     if args.out:

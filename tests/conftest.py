@@ -55,6 +55,8 @@ def judge(placement, hotness, weights=None) -> torch.Tensor:
             row = episode[layer]
             if sum(row) <= 0:
                 continue
+            top = max(row)  # peak/avg does not change with scale; subnormal loads would underflow
+            row = [x / top for x in row]
             dev = [sum(row[e] / count[e] for e in slots[d * S:(d + 1) * S]) for d in range(D)]
             num += wt[t] * max(dev) / (sum(row) / D)
             den += wt[t]

@@ -76,7 +76,7 @@ def test_balancer_cherry_picks_and_keeps_other_layers():
     # the same window again: balanced layers stay; a layer changes only if it pays its moves
     up2 = bal.step(h2, up.placement)
     assert torch.equal(up2.placement.phy2log[[0, 2]], up.placement.phy2log[[0, 2]])
-    cheapest = min(bal.prices(32))  # "auto": the prices of 32 experts on 8 devices
+    cheapest = min(bal.prices())  # "auto": the prices of 48 slots on 8 devices
     paid = up2.before - up2.after - cheapest * up2.moves.to(torch.float64)
     assert bool((paid[up2.layers] >= 0).all())
     # a window where every layer is below the threshold: nothing changes
@@ -166,19 +166,21 @@ def test_balancer_leaves_the_old_basin_after_hot_experts_swap():
 
 def test_default_prices_follow_the_shape():
     # DeepSeek-V3's shape keeps the measured prices; twice the devices double them, half the
-    # experts quadruple them
-    assert default_prices(256, 32) == pytest.approx((1.2e-3, 4.7e-4))
-    assert default_prices(256, 64) == pytest.approx((2.4e-3, 9.4e-4))
-    assert default_prices(128, 32) == pytest.approx((4.8e-3, 1.88e-3))
-    with pytest.raises(ValueError, match="num_experts"):
+    # slots quadruple them
+    assert default_prices(288, 32) == pytest.approx((1.2e-3, 4.7e-4))
+    assert default_prices(288, 64) == pytest.approx((2.4e-3, 9.4e-4))
+    assert default_prices(144, 32) == pytest.approx((4.8e-3, 1.88e-3))
+    with pytest.raises(ValueError, match="num_physical"):
         default_prices(0, 8)
-    auto = Balancer(288, 32)
-    assert auto.prices(256) == pytest.approx((1.2e-3, 4.7e-4))
-    assert auto.prices(128) == pytest.approx(default_prices(128, 32))
-    # a number given is used as it is; refresh_penalty=None prices a whole re-plan as a move
-    assert Balancer(288, 32, move_penalty=1e-3).prices(128) == pytest.approx((1e-3, default_prices(128, 32)[1]))
-    assert Balancer(288, 32, move_penalty=1e-3, refresh_penalty=None).prices(128) == (1e-3, None)
-    assert Balancer(288, 32, move_penalty=0, refresh_penalty=0).prices(64) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="num_devices"):
+        Balancer(8, 16)  # the shape's prices are checked before any cycle
+    assert Balancer(288, 32).prices() == pytest.approx((1.2e-3, 4.7e-4))
+    assert Balancer(160, 16).prices() == pytest.approx(default_prices(160, 16))
+    # a number given is used as it is, "auto" refresh keeps the defaults' ratio to it, and
+    # refresh_penalty=None prices a whole re-plan as a move
+    assert Balancer(288, 32, move_penalty=1e-3).prices() == pytest.approx((1e-3, 1e-3 * 4.7 / 12))
+    assert Balancer(288, 32, move_penalty=1e-3, refresh_penalty=None).prices() == (1e-3, None)
+    assert Balancer(288, 32, move_penalty=0, refresh_penalty=0).prices() == (0.0, 0.0)
 
 
 def test_balancer_uses_the_prices_of_its_shape():
@@ -187,7 +189,7 @@ def test_balancer_uses_the_prices_of_its_shape():
 
     h = swap_trace(32, 3, 64, group_size=4, seed=5)
     current = flashlb.plan(h[:16], 80, 16)
-    move, refresh = default_prices(64, 16)
+    move, refresh = default_prices(80, 16)
     auto = Balancer(80, 16).step(h[16:], current)
     spelled = Balancer(80, 16, move_penalty=move, refresh_penalty=refresh).step(h[16:], current)
     assert torch.equal(auto.placement.phy2log, spelled.placement.phy2log)
@@ -259,7 +261,7 @@ def test_balancer_serves_what_the_plan_chose_on_its_own_objective():
     current = flashlb.plan(h[:16], 40, 8)
     window = h[16:]
     up = Balancer(40, 8).step(window, current)
-    move, refresh = default_prices(32, 8)  # the "auto" prices: 32 experts on 8 devices
+    move, refresh = default_prices(40, 8)  # the "auto" prices: 40 slots on 8 devices
     planned = flashlb.plan(window, 40, 8, previous=current, move_penalty=move,
                            refresh_penalty=refresh, forecast=True)
     changed = metrics.moves(current, planned) > 0

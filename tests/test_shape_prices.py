@@ -2,6 +2,8 @@
 hostile input: bad arguments, extreme shapes, windows of another expert count, the adapter,
 the command line."""
 
+REFRESH_PER_MOVE = 4.7e-4 / 1.2e-3  # the defaults' ratio, which "auto" refresh keeps
+
 import math
 
 import numpy as np
@@ -42,52 +44,66 @@ def test_bad_prices_are_refused_at_construction(name, value):
 def test_move_penalty_none_is_refused_but_refresh_none_means_as_a_move():
     with pytest.raises(ValueError, match="move_penalty"):
         Balancer(48, 8, move_penalty=None)
-    assert Balancer(48, 8, move_penalty=2e-3, refresh_penalty=None).prices(32) == (2e-3, None)
+    assert Balancer(48, 8, move_penalty=2e-3, refresh_penalty=None).prices() == (2e-3, None)
 
 
 def test_numpy_prices_are_numbers_and_numpy_auto_is_auto():
     b = Balancer(48, 8, move_penalty=np.float64(1e-3), refresh_penalty=np.int64(0))
-    assert b.prices(32) == (1e-3, 0.0)
+    assert b.prices() == (1e-3, 0.0)
     assert type(b.move_penalty) is float and type(b.refresh_penalty) is float
     a = Balancer(48, 8, move_penalty=np.str_("auto"), refresh_penalty=np.str_("auto"))
     assert type(a.move_penalty) is str and type(a.refresh_penalty) is str
-    assert a.prices(32) == default_prices(32, 8)
+    assert a.prices() == default_prices(48, 8)
+
+
+def test_auto_refresh_follows_a_move_price_given():
+    # a whole re-plan stays cheaper than a repair, in the defaults' proportion
+    move, refresh = Balancer(80, 8, move_penalty=1e-3).prices()
+    assert move == 1e-3 and refresh == pytest.approx(1e-3 * REFRESH_PER_MOVE)
+    assert Balancer(80, 8, refresh_penalty=2e-3).prices() == (default_prices(80, 8)[0], 2e-3)
+    assert Balancer(80, 8, move_penalty=0).prices() == (0.0, 0.0)
 
 
 # ------------------------------------------------------------------ default_prices
 
-@pytest.mark.parametrize("n, d, name", [
-    (0, 8, "num_experts"), (-1, 8, "num_experts"), (8.0, 8, "num_experts"), (True, 8, "num_experts"),
-    ("256", 8, "num_experts"), (None, 8, "num_experts"), (MAX_SLOTS + 1, 8, "num_experts"),
-    (10**400, 8, "num_experts"), (8, 0, "num_devices"), (8, -3, "num_devices"),
+@pytest.mark.parametrize("p, d, name", [
+    (0, 8, "num_physical"), (-1, 8, "num_physical"), (8.0, 8, "num_physical"), (True, 8, "num_physical"),
+    ("256", 8, "num_physical"), (None, 8, "num_physical"), (MAX_SLOTS + 1, 8, "num_physical"),
+    (10**400, 8, "num_physical"), (8, 0, "num_devices"), (8, -3, "num_devices"),
     (8, 8.0, "num_devices"), (8, True, "num_devices"), (8, None, "num_devices"),
-    (8, MAX_SLOTS + 1, "num_devices"), (8, 2**64, "num_devices"), (8, 10**400, "num_devices"),
+    (8, 9, "num_devices"), (8, MAX_SLOTS + 1, "num_devices"), (8, 2**64, "num_devices"),
+    (8, 10**400, "num_devices"),
 ])
-def test_default_prices_refuse_bad_shapes(n, d, name):
+def test_default_prices_refuse_bad_shapes(p, d, name):
     with pytest.raises(ValueError, match=name):
-        default_prices(n, d)
+        default_prices(p, d)
 
 
-@pytest.mark.parametrize("n, d", [(1, 1), (1, MAX_SLOTS), (MAX_SLOTS, 1), (MAX_SLOTS, MAX_SLOTS),
-                                  (4096, 1024), (256, 32), (np.int64(256), torch.tensor(32))])
-def test_default_prices_of_extreme_shapes_are_prices_plan_accepts(n, d):
-    move, refresh = default_prices(n, d)
-    for p in (move, refresh):
-        assert type(p) is float and math.isfinite(p) and 0 < p <= PLAN_MAX_PRICE
+@pytest.mark.parametrize("p, d", [(1, 1), (MAX_SLOTS, 1), (MAX_SLOTS, MAX_SLOTS), (5120, 1024),
+                                  (288, 32), (np.int64(288), torch.tensor(32))])
+def test_default_prices_of_extreme_shapes_are_prices_plan_accepts(p, d):
+    move, refresh = default_prices(p, d)
+    for x in (move, refresh):
+        assert type(x) is float and math.isfinite(x) and 0 < x <= PLAN_MAX_PRICE
     # the shape scales both prices alike
-    assert refresh / move == pytest.approx(4.7e-4 / 1.2e-3)
-    assert move == pytest.approx(1.2e-3 * (int(d) / 32) * (256 / int(n)) ** 2)
+    assert refresh / move == pytest.approx(REFRESH_PER_MOVE)
+    assert move == pytest.approx(1.2e-3 * (int(d) / 32) * (288 / int(p)) ** 2)
 
 
 @settings(max_examples=200, deadline=None)
-@given(n=st.integers(1, MAX_SLOTS), d=st.integers(1, MAX_SLOTS // 2))
-def test_default_prices_scale_with_the_shape(n, d):
-    move, refresh = default_prices(n, d)
-    assert 0 < refresh < move <= PLAN_MAX_PRICE
-    # twice the devices: twice the prices; twice the experts: a quarter (where both are valid)
-    assert default_prices(n, 2 * d)[0] == pytest.approx(2 * move)
-    if 2 * n <= MAX_SLOTS:
-        assert default_prices(2 * n, d)[0] == pytest.approx(move / 4)
+@given(p=st.integers(1, MAX_SLOTS), d=st.integers(1, MAX_SLOTS))
+def test_default_prices_scale_with_the_shape(p, d):
+    if d > p:
+        with pytest.raises(ValueError, match="num_devices"):
+            default_prices(p, d)
+        return
+    move, refresh = default_prices(p, d)
+    assert 0 < refresh < move <= 3.2
+    # twice the devices: twice the prices; twice the slots: a quarter (where both are valid)
+    if 2 * d <= p:
+        assert default_prices(p, 2 * d)[0] == pytest.approx(2 * move)
+    if 2 * p <= MAX_SLOTS:
+        assert default_prices(2 * p, d)[0] == pytest.approx(move / 4)
 
 
 @settings(max_examples=25, deadline=None)
@@ -126,13 +142,12 @@ def test_auto_prices_keep_placements_valid_on_extreme_shapes(n, p, d):
     kept = torch.ones(2, dtype=torch.bool)
     kept[up.layers] = False
     assert int(up.moves[kept].sum()) == 0  # layers not re-placed stay as they were
-    move, refresh = bal.prices(n)
-    assert (move, refresh) == default_prices(n, d)
+    assert bal.prices() == default_prices(p, d)
 
 
 # ------------------------------------------------------------------ windows of another expert count
 
-def test_auto_prices_follow_each_window_and_leave_no_state():
+def test_auto_prices_are_the_shapes_whatever_the_window_and_no_state():
     P, D, L = 72, 8, 2
     small, large = window(24, L, 32, seed=1), window(24, L, 64, seed=2)
     small[12:] = small[12:].flip(-1)
@@ -144,17 +159,17 @@ def test_auto_prices_follow_each_window_and_leave_no_state():
     state = auto.state_dict()
     assert set(state) == {"reference", "measured", "cycles"}  # prices are not state
     got = auto.step(large[12:], cur_large)
-    # the same decision as a fresh Balancer with the 64-expert prices spelled out, same state
-    move, refresh = default_prices(64, D)
+    # the same decision as a fresh Balancer with the shape's prices spelled out, same state
+    move, refresh = default_prices(P, D)
     spelled = Balancer(P, D, move_penalty=move, refresh_penalty=refresh)
     spelled.load_state_dict(state)
     want = spelled.step(large[12:], cur_large)
     assert torch.equal(got.placement.phy2log, want.placement.phy2log)
-    # and the 32-expert prices would have decided otherwise (the test can tell them apart)
-    dear = Balancer(P, D, move_penalty=default_prices(32, D)[0], refresh_penalty=default_prices(32, D)[1])
+    # and dearer prices would have decided otherwise (the test can tell prices apart)
+    dear = Balancer(P, D, move_penalty=4 * move, refresh_penalty=4 * refresh)
     dear.load_state_dict(state)
     assert int(dear.step(large[12:], cur_large).moves.sum()) < int(got.moves.sum())
-    assert auto.prices(64) == (move, refresh) and auto.prices(32) == default_prices(32, D)
+    assert auto.prices() == (move, refresh)
 
 
 def test_save_and_load_keep_auto_prices_auto(tmp_path):
@@ -181,10 +196,10 @@ def test_vllm_ascend_policy_passes_prices_through():
     workload = torch.rand(2, 3, 4, 6, generator=torch.Generator().manual_seed(1)) * 100
     auto = vllm_ascend.FlashLBPolicy()
     auto.rebalance_experts(_table(), workload)
-    assert auto.balancer.prices(16) == default_prices(16, 4)  # N and D read from the table
+    assert auto.balancer.prices() == default_prices(24, 4)  # P and D read from the table
     given = vllm_ascend.FlashLBPolicy(move_penalty=2e-3, refresh_penalty=None)
     given.rebalance_experts(_table(), workload)
-    assert given.balancer.prices(16) == (2e-3, None)
+    assert given.balancer.prices() == (2e-3, None)
 
 
 @pytest.mark.parametrize("options", [dict(move_penalty="AUTO"), dict(refresh_penalty=float("nan")),
@@ -224,12 +239,12 @@ def _price_line(out):
 
 def test_cli_simulate_prints_the_prices_it_used(capsys):
     assert main(SIM + ["--policies", "balancer,default"]) == 0
-    move, refresh = default_prices(64, 8)
+    move, refresh = default_prices(80, 8)
     line = _price_line(capsys.readouterr().out)
     assert f"{move:.3g}" in line and f"{refresh:.3g}" in line
     assert main(SIM + ["--policies", "balancer", "--move-penalty", "0.001"]) == 0
     line = _price_line(capsys.readouterr().out)
-    assert "slot: 0.001," in line and f"{refresh:.3g}" in line  # refresh stays by the shape
+    assert "slot: 0.001," in line and line.endswith(f"{1e-3 * REFRESH_PER_MOVE:.3g}")  # refresh follows
     assert main(SIM + ["--policies", "balancer", "--move-penalty", "0.001", "--refresh-penalty", "0.0002"]) == 0
     assert _price_line(capsys.readouterr().out).endswith(": 0.0002")
 

@@ -27,38 +27,37 @@ from ..placement import Placement
 
 __all__ = ["Balancer", "Update", "default_prices", "MOVE_PENALTY", "REFRESH_PENALTY"]
 
-# The prices per moved slot measured at DeepSeek-V3's shape, 256 experts on 32 devices
-# (288 slots): README, "Redeployment".
+# The prices per moved slot measured at DeepSeek-V3's shape, 288 slots (256 experts) on
+# 32 devices: README, "Redeployment".
 MOVE_PENALTY = 1.2e-3
 REFRESH_PENALTY = 4.7e-4
 
 
-def default_prices(num_experts: int, num_devices: int) -> tuple[float, float]:
-    """``(move_penalty, refresh_penalty)`` for ``num_experts`` experts on ``num_devices``
-    devices: :data:`MOVE_PENALTY` and :data:`REFRESH_PENALTY` times ``(D / 32) * (256 / N)^2``
-    (N and D: integers in [1, 65536], the most slots of a layer).
+def default_prices(num_physical: int, num_devices: int) -> tuple[float, float]:
+    """``(move_penalty, refresh_penalty)`` for ``num_physical`` slots on ``num_devices``
+    devices: :data:`MOVE_PENALTY` and :data:`REFRESH_PENALTY` times ``(D / 32) * (288 / P)^2``
+    (integers, 1 <= D <= P <= 65536, the most slots of a layer).
 
-    A moved slot shifts one replica's load, about ``D / N`` of a device's, so what a move can
-    gain in peak/avg grows with the device count and falls with the expert count; the square
-    on N is fitted. Across 8-72 devices and 64-256 experts this keeps the Balancer within ~1%
-    of fresh plans at ~20% of the aligned default's moves, where one pair of prices for every
-    shape re-planned too little on 16 devices and far too much on 64 or more, or with fewer
-    experts (README, "Redeployment"). Below that range, with two experts per device or fewer,
-    it prices moves too dear (6-9% above fresh plans): give the prices there.
+    A moved slot shifts one replica's load, on average ``1 / P`` of the layer's, which is
+    ``D / P`` of a device's: what a move can gain in peak/avg grows with the device count and
+    falls with the slot count. The square on P is fitted. Across 8-72 devices and 16-256
+    experts on up to two slots per expert, this keeps the Balancer within ~1% of fresh plans
+    (~2% with 32 or fewer experts) at ~20% of the aligned default's moves, where one pair of
+    prices for every shape re-planned too little on few devices and far too much on many
+    devices or with fewer experts (README, "Redeployment").
     """
-    N = check_int(num_experts, "num_experts")
+    P = check_int(num_physical, "num_physical")
     D = check_int(num_devices, "num_devices")
-    # A layer has at most MAX_SLOTS slots, and N, D <= P: within that the prices stay finite
-    # and <= 1.7e5, which plan accepts (<= 1e6).
-    for name, v in (("num_experts", N), ("num_devices", D)):
-        if v > MAX_SLOTS:
-            raise ValueError(f"{name} must be <= {MAX_SLOTS} (the most slots of a layer), got {v}")
-    scale = (D / 32) * (256 / N) ** 2
+    if P > MAX_SLOTS:
+        raise ValueError(f"num_physical must be <= {MAX_SLOTS} (the most slots of a layer), got {P}")
+    if D > P:
+        raise ValueError(f"num_devices={D} must be <= num_physical={P} (every device holds a slot)")
+    scale = (D / 32) * (288 / P) ** 2  # at most 2592 (P = D = 1): prices <= 3.2
     return MOVE_PENALTY * scale, REFRESH_PENALTY * scale
 
 
 def _price(value, name: str, none_ok: bool = False):
-    """A price argument: "auto" (by the shape, resolved at each step), a number in [0, 1e6]
+    """A price argument: "auto" (by the shape, :meth:`Balancer.prices`), a number in [0, 1e6]
     (as :func:`flashlb.plan` takes it), or (where ``none_ok``) None."""
     if value is None and none_ok:
         return None
@@ -100,10 +99,10 @@ class Balancer:
     """Decides, cycle after cycle, which layers to re-place and where.
 
     num_physical / num_devices: P slots on D devices. move_penalty: cost of one moved slot in
-    peak/avg units (see :func:`flashlb.plan`); "auto": :func:`default_prices` for the window's
-    number of experts and D. refresh_penalty: the cost of one moved slot when a
-    layer takes its fresh plan whole ("auto" as above, also when ``move_penalty`` is a number;
-    None: ``move_penalty``). layer_penalty: the
+    peak/avg units (see :func:`flashlb.plan`); "auto": :func:`default_prices` of P and D.
+    refresh_penalty: the cost of one moved slot when a layer takes its fresh plan whole;
+    "auto": the defaults' ratio to the move price in use (4.7e-4 / 1.2e-3 of it), so with
+    "auto" for both the pair of :func:`default_prices`; None: ``move_penalty``. layer_penalty: the
     fixed price of re-placing a layer at all, paid once per layer that moves.
     max_moves_per_cycle / max_bytes_per_cycle: at
     most this many slots, or weight bytes (needs ``expert_bytes``), changed per cycle in all,
@@ -117,7 +116,7 @@ class Balancer:
     next window (:mod:`flashlb.forecast`; a dict of its options, or False for the window's
     episodes as they are). Other keyword options go to :func:`flashlb.plan`.
 
-    The defaults (``forecast=True``; at 256 experts on 32 devices ``move_penalty=1.2e-3``,
+    The defaults (``forecast=True``; on 288 slots / 32 devices ``move_penalty=1.2e-3``,
     ``refresh_penalty=4.7e-4``, scaled by the shape elsewhere) were
     chosen by measurement on synthetic traces (README, "Redeployment"): small repairs are dear,
     so noise fitted in the window buys few moves, while a layer whose fresh plan beats every
@@ -149,6 +148,7 @@ class Balancer:
         self.move_penalty = _price(move_penalty, "move_penalty")
         self.layer_penalty = check_number(layer_penalty, "layer_penalty", maximum=1e6)
         self.refresh_penalty = _price(refresh_penalty, "refresh_penalty", none_ok=True)
+        self.prices()  # the shape's prices exist (num_physical, num_devices checked) before any cycle
         self.max_layers = None if max_layers_per_cycle is None else check_int(max_layers_per_cycle, "max_layers_per_cycle")
         self.max_moves = check_budget(max_moves_per_cycle, "max_moves_per_cycle")
         self.max_bytes = check_budget(max_bytes_per_cycle, "max_bytes_per_cycle")
@@ -174,14 +174,17 @@ class Balancer:
                 if c is not None]
         return min(caps) if caps else None
 
-    def prices(self, num_experts: int) -> tuple[float, float | None]:
-        """``(move_penalty, refresh_penalty)`` the Balancer uses for ``num_experts`` experts:
-        the given numbers, or :func:`default_prices` where "auto" (refresh None where given
-        None: a whole re-plan's move costs ``move_penalty``)."""
-        auto = default_prices(num_experts, self.num_devices)
-        move = auto[0] if self.move_penalty == "auto" else self.move_penalty
-        refresh = auto[1] if self.refresh_penalty == "auto" else self.refresh_penalty
-        return move, refresh
+    def prices(self) -> tuple[float, float | None]:
+        """``(move_penalty, refresh_penalty)`` as the Balancer uses them: the numbers given,
+        or where "auto" the shape's (:func:`default_prices`), the refresh price following a
+        move price given as a number; refresh None where given None (a whole re-plan's move
+        then costs ``move_penalty``)."""
+        if self.move_penalty == "auto":
+            move, refresh = default_prices(self.num_physical, self.num_devices)
+        else:
+            move = self.move_penalty
+            refresh = move * (REFRESH_PENALTY / MOVE_PENALTY)
+        return move, (refresh if self.refresh_penalty == "auto" else self.refresh_penalty)
 
     # ------------------------------------------------------------------ decisions
     def step(self, hotness: torch.Tensor, current: Placement) -> Update:
@@ -206,7 +209,7 @@ class Balancer:
         chosen = layers[:0]
         budget = self.moves_budget
         if layers.numel() and budget != 0:
-            move_penalty, refresh_penalty = self.prices(N)
+            move_penalty, refresh_penalty = self.prices()
             cand = plan(h[:, layers], self.num_physical, self.num_devices,
                         previous=current.select_layers(layers), move_penalty=move_penalty,
                         layer_penalty=self.layer_penalty, refresh_penalty=refresh_penalty,
