@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ._checks import (MAX_SECONDS, as_hotness, check_budget, check_groups, check_int, check_memory, check_number,
@@ -214,8 +216,6 @@ SEARCH_OPTIONS = ("smoothing", "perturb_rounds")
 def check_plan_options(options: dict, owner: str) -> None:
     """Refuse option names that :func:`plan` does not take, before any work: a misspelt one
     (``refresh_penalti``) would otherwise fail only inside the search, after the rest."""
-    import inspect
-
     known = {k for k, p in inspect.signature(plan).parameters.items() if p.kind is p.KEYWORD_ONLY}
     unknown = sorted(set(options) - known - set(SEARCH_OPTIONS))
     if unknown:
