@@ -209,15 +209,15 @@ def plan_workloads(workloads, num_physical: int, num_devices: int, *,
     return plan(torch.stack(scen), num_physical, num_devices, forecast=False, weights=weights, **options)
 
 
-# The keyword options plan hands to the joint search unchanged (flashlb.solvers.joint.solve).
-SEARCH_OPTIONS = ("smoothing", "perturb_rounds")
-
-
 def check_plan_options(options: dict, owner: str) -> None:
     """Refuse option names that :func:`plan` does not take, before any work: a misspelt one
-    (``refresh_penalti``) would otherwise fail only inside the search, after the rest."""
-    known = {k for k, p in inspect.signature(plan).parameters.items() if p.kind is p.KEYWORD_ONLY}
-    unknown = sorted(set(options) - known - set(SEARCH_OPTIONS))
+    (``refresh_penalti``) would otherwise fail only inside the search, after the rest. Known:
+    plan's keywords and those of the search it hands the others to."""
+    from .solvers.joint import solve
+
+    known = {k for f in (plan, solve) for k, p in inspect.signature(f).parameters.items()
+             if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"{owner}: unknown options {unknown}")
 

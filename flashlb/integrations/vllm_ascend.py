@@ -127,8 +127,7 @@ def plugin(environ=None) -> None:
     if env.get(ENABLE_ENV, "").strip().lower() not in ("1", "true", "yes"):
         return
     options = balancer_options_from_env(env)
-    Balancer(2, 1, **options)  # reject unknown or bad options now, also without vllm-ascend
     try:
-        install(options)
+        install(options)  # checks the options first: bad ones fail here, also without vllm-ascend
     except ImportError as exc:
         logger.warning("flashlb: %s=1 but vllm-ascend is not importable: %s", ENABLE_ENV, exc)
