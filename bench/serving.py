@@ -11,7 +11,8 @@ episode, on the next 8; all start from the boot map (flashlb.boot_placement). Pr
 regime and seed: next-window mean per-episode peak/avg, slots moved, bytes moved (DeepSeek-V3
 expert: 3 matrices of 7168 x 2048 in 8 bits), seconds per decision; the forecast's gain
 (forecast vs fresh); the balance-vs-moves curve over Balancer move budgets (PNG); the
-Balancer's prices across cluster shapes; and workloads planned together (real DeepSeek-V3 statistics in ../shared/data, leave one out).
+Balancer's prices across cluster shapes; and workloads planned together (real DeepSeek-V3
+statistics in ../shared/data, leave one out).
 
 The column vllm-ascend-flashlb is the public FlashLB policy of vllm-ascend in its own update
 loop (bench/upstream_flashlb.py); it runs only where numba, scipy and the vllm-ascend sources
@@ -233,7 +234,7 @@ def shapes(seed, cycles, layers, regimes, cases=SHAPES):
     prices of 288 slots on 32 devices kept for every shape, against fresh plans every 8."""
     from flashlb.redeploy import default_prices
 
-    fixed = dict(move_penalty=default_prices(288, 32)[0], refresh_penalty=default_prices(288, 32)[1])
+    fixed = dict(zip(("move_penalty", "refresh_penalty"), default_prices(288, 32)))
     for n, p, d in cases:
         rows = {"defaults (by the shape)": [], "the prices of 288 slots / 32 devices": []}
         for regime in regimes:
