@@ -1,4 +1,4 @@
-"""The ``flashlb`` command: plan, demo (and more as the package grows).
+"""The ``flashlb`` command: plan, simulate, report, demo.
 
 Errors print one line on stderr and exit with status 2 (``--debug`` shows the traceback).
 """
