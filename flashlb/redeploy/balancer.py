@@ -122,7 +122,7 @@ class Balancer:
     so noise fitted in the window buys few moves, while a layer whose fresh plan beats every
     point near the one in service by ~0.1 peak/avg is re-planned whole. On held-out hot/cold
     swaps the next window is about as balanced as with fresh plans every cycle, at a fifth of
-    their moves (with ``move_penalty=6e-4`` alone: 1.3-1.8% worse).
+    their moves (with ``move_penalty=6e-4`` alone: 1.1-1.8% worse).
 
     State (saved by :meth:`save`): ``reference`` [L] ratio in the first window after each
     layer's last placement, valid where ``measured`` [L] is true; ``cycles``.
