@@ -254,6 +254,23 @@ def test_all_allotments_enumerates_capped_compositions():
     assert all_allotments(8, 16, 8, limit=100) is None
 
 
+def test_count_refinement_starts_no_step_after_the_deadline():
+    # a hierarchical plan of DeepSeek-V3's size runs this refinement on 232 small problems,
+    # seconds of work that ignored time_budget; past its deadline it returns the counts as given
+    from flashlb.objective import allot_replicas, episode_weights, normalise_episodes
+    from flashlb.solvers.allotment import packing_bound, refine_counts
+
+    h = torch.rand(1, 32, 64, generator=torch.Generator().manual_seed(4), dtype=torch.float64) ** 4
+    w, ew = normalise_episodes(h, 8, episode_weights(1))  # [32, 1, 64] problems of 72 slots
+    base = allot_replicas(w[:, 0], 72, 8)
+    free = refine_counts(w, ew, base, 8)
+    assert bool((free != base).any())  # the refinement does change these counts
+    bound = packing_bound(w, ew, torch.stack([base, free], 1), 8)
+    assert bool((bound[:, 1] <= bound[:, 0] + 1e-12).all())
+    assert torch.equal(refine_counts(w, ew, base, 8, deadline=time.perf_counter() - 1), base)
+    assert torch.equal(refine_counts(w, ew, base, 8, deadline=time.perf_counter() + 3600), free)
+
+
 def test_time_limit_gives_every_problem_its_share():
     # endless perturbation rounds and a limit: with one deadline shared by all, the first
     # problem of each thread took the whole time and the others never searched at all

@@ -6,6 +6,8 @@ this module scores count vectors before any placement (a packing bound) and sear
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 __all__ = ["packing_bound", "refine_counts", "all_allotments", "best_allotments"]
@@ -99,13 +101,17 @@ def best_allotments(loads: torch.Tensor, weights: torch.Tensor, num_physical: in
 
 
 def refine_counts(loads: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor, num_devices: int,
-                  *, max_steps: int = 32, max_neighbours: int = 256) -> torch.Tensor:
+                  *, max_steps: int = 32, max_neighbours: int = 256,
+                  deadline: float | None = None) -> torch.Tensor:
     """Hill-climb replica counts on :func:`packing_bound`, batched over problems.
 
     loads: [B, T, N], weights: [B, T], counts: [B, N] -> [B, N]. A step moves one replica from an
     expert with >= 2 to one below the cap D; it is taken when it lowers the bound (ties: the
     smaller sum of squared replica loads, i.e. finer-grained replicas). Candidates are the
     experts with the largest per-replica loads, at most ``max_neighbours`` moves per step.
+    deadline: a ``time.perf_counter()`` instant after which no step starts (the counts so far
+    are returned): with many small problems the steps can take seconds, more than a
+    ``time_budget``.
     """
     B, T, N = loads.shape
     D = num_devices
@@ -121,6 +127,8 @@ def refine_counts(loads: torch.Tensor, weights: torch.Tensor, counts: torch.Tens
 
     cur = score(c.unsqueeze(1))[:, 0]
     for _ in range(max_steps):
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
         per = mean / c
         # donors: heaviest per-replica among those with spare replicas; takers: heaviest below cap
         donors = torch.where(c >= 2, per, torch.full_like(per, -1.0)).topk(k, -1).indices

@@ -57,7 +57,8 @@ class SearchSettings:
         return max(self.deadline - time.perf_counter(), 1e-3)
 
 
-def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int) -> torch.Tensor:
+def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
+                deadline: float | None = None) -> torch.Tensor:
     """Candidate replica counts [B, K, N] for loads [B, T, N], weights [B, T].
 
     Min-max allotments on the mean load and, with several episodes, on a risk weight; then
@@ -75,7 +76,7 @@ def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int) -> t
     if P * T <= 4096 and T > 1:
         cands.append(allot_replicas(mean, P, D))
     if P * T <= 256:  # the look-ahead sorts every candidate's replicas: small problems only
-        cands.append(refine_counts(loads, weights, base, D))
+        cands.append(refine_counts(loads, weights, base, D, deadline=deadline))
         best = best_allotments(loads, weights, P, D, k=4, limit=2048)
         if best is not None:
             cands.extend(best.unbind(1))
@@ -126,7 +127,7 @@ def search_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
     """
     B, T, N = loads.shape
     S = P // D
-    cands = _candidates(loads, weights, P, D)  # [B, K, N]
+    cands = _candidates(loads, weights, P, D, settings.deadline)  # [B, K, N]
     K = cands.shape[1]
     # Identical candidates of one problem are searched once.
     keep = torch.ones(B, K, dtype=torch.bool)
