@@ -1,4 +1,5 @@
-"""Entry points: :func:`plan` (rich API) and :func:`rebalance_experts` (drop-in signature)."""
+"""Entry points: :func:`plan` (rich API), :func:`plan_workloads` (a mix of workloads) and
+:func:`rebalance_experts` (drop-in signature)."""
 
 from __future__ import annotations
 
