@@ -9,8 +9,10 @@ classmethod); it works on an instance too, for the instance-based policies being
 on vLLM's main branch. Older vLLM releases, whose policies return ``(phy2log, log2phy,
 logcnt)``, get :class:`FlashLBEplbPolicyTuple` from :func:`register`.
 
-Turn it on with the ``vllm.general_plugins`` entry point (installed with flashlb; it only
-adds the name ``"flashlb"``) and ``--eplb-config '{"policy": "flashlb", "use_async": false}'``.
+Turn it on with the ``vllm.general_plugins`` entry point (installed with flashlb; it adds the
+name ``"flashlb"``, and with ``FLASHLB_VLLM_ASCEND=1`` also serves vllm-ascend's policy type 3:
+:mod:`flashlb.integrations.vllm_ascend`) and
+``--eplb-config '{"policy": "flashlb", "use_async": false}'``.
 """
 
 from __future__ import annotations
