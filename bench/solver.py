@@ -5,7 +5,8 @@
 Prints: the brief's seed example (and the exact optimum); the optimality gap on a broad family
 of small instances against the exact solver (a negative gap is flagged as an oracle bug, never
 clamped); DeepSeek-V3-sized synthetic windows (16 episodes) and the window after them; the
-real statistics in ../shared/data/ when present; whole-model timings, 16 against 64 episodes.
+real statistics in ../shared/data/ when present, flat and hierarchical; whole-model timings,
+16 against 64 episodes.
 """
 
 from __future__ import annotations
@@ -124,6 +125,30 @@ def real():
               f"(per file: default {1000 * t_g / n:.0f} ms, flashlb {1000 * t_f / n:.0f} ms)")
 
 
+def hierarchical():
+    """Group-limited (DeepSeek-V3: 8 groups) plans on the real statistics, one window each."""
+    files = sorted(DATA.glob("*.json")) if DATA.is_dir() else []
+    if not files:
+        print("hierarchical: ../shared/data not present, skipped")
+        return
+    print(f"hierarchical plans (8 expert groups packed onto nodes), real statistics, "
+          f"{len(files)} files, mean peak/avg:")
+    for P, D, M in ((288, 32, 4), (320, 64, 8)):
+        g_r, f_r, t_g, t_f = [], [], 0.0, 0.0
+        for path in files:
+            h = torch.tensor(json.loads(path.read_text())["logical_count"], dtype=torch.float64)
+            h = h[h.sum(-1) > 0]
+            g, dt = timed(flashlb.plan, h, P, D, num_groups=8, num_nodes=M, algorithm="default")
+            t_g += dt
+            f, dt = timed(flashlb.plan, h, P, D, num_groups=8, num_nodes=M)
+            t_f += dt
+            g_r.append(metrics.balance_ratio(g, h).mean().item())
+            f_r.append(metrics.balance_ratio(f, h).mean().item())
+        n = len(files)
+        print(f"  {P}/{D}, {M} nodes: default {sum(g_r) / n:.5f}  flashlb {sum(f_r) / n:.5f}  "
+              f"(per file: default {1000 * t_g / n:.0f} ms, flashlb {1000 * t_f / n:.0f} ms)")
+
+
 def speed():
     print("whole model (58 x 256), wall time per call on this machine (best of 3):")
     tr = drifting_trace(16, 58, 256, seed=11, skew=0.6, drift=0.05, burst=0.15)
@@ -167,6 +192,7 @@ def main():
     small_gaps(100 if args.quick else 1000)
     synthetic(1 if args.quick else 3)
     real()
+    hierarchical()
     speed()
     episodes_scaling()
     return 0

@@ -43,12 +43,16 @@ class SearchSettings:
     """How hard and how long the search works; passed to every path explicitly.
 
     deadline: a ``time.perf_counter()`` instant, or None for no limit.
+    exhaustive: the problem is small enough for the extra candidate counts and a second,
+    unsmoothed search (:func:`small_problem`); judged on a whole layer, so the node problems
+    of a hierarchical plan of a large layer do not each get a small problem's effort.
     """
 
     seed: int = 0
     smoothing: float = 0.05
     perturb_rounds: int = 0
     deadline: float | None = None
+    exhaustive: bool = False
 
     def time_left(self) -> float | None:
         """Seconds left (at least 1 ms), or None without a deadline."""
@@ -57,8 +61,14 @@ class SearchSettings:
         return max(self.deadline - time.perf_counter(), 1e-3)
 
 
-def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
-                deadline: float | None = None) -> torch.Tensor:
+def small_problem(P: int, T: int) -> bool:
+    """A layer of P slots and T scenarios is searched exhaustively (extra candidate counts,
+    searches with and without smoothing): the look-ahead sorts every candidate's replicas."""
+    return P * T <= 256
+
+
+def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int, *,
+                exhaustive: bool, deadline: float | None = None) -> torch.Tensor:
     """Candidate replica counts [B, K, N] for loads [B, T, N], weights [B, T].
 
     Min-max allotments on the mean load and, with several episodes, on a risk weight; then
@@ -75,7 +85,7 @@ def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
     cands = [base]
     if P * T <= 4096 and T > 1:
         cands.append(allot_replicas(mean, P, D))
-    if P * T <= 256:  # the look-ahead sorts every candidate's replicas: small problems only
+    if exhaustive:
         cands.append(refine_counts(loads, weights, base, D, deadline=deadline))
         best = best_allotments(loads, weights, P, D, k=4, limit=2048)
         if best is not None:
@@ -127,7 +137,8 @@ def search_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
     """
     B, T, N = loads.shape
     S = P // D
-    cands = _candidates(loads, weights, P, D, settings.deadline)  # [B, K, N]
+    cands = _candidates(loads, weights, P, D, exhaustive=settings.exhaustive,
+                        deadline=settings.deadline)  # [B, K, N]
     K = cands.shape[1]
     # Identical candidates of one problem are searched once.
     keep = torch.ones(B, K, dtype=torch.bool)
@@ -136,7 +147,8 @@ def search_fresh(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int,
     bi, ki = keep.nonzero(as_tuple=True)
     # The smoothing term helps the descent off plateaus but can also steer it past the best
     # peaks; small problems are cheap, so they are searched without it as well.
-    smoothings = [settings.smoothing] + ([0.0] if settings.smoothing > 0 and P * T <= 256 else [])
+    twice = settings.smoothing > 0 and settings.exhaustive
+    smoothings = [settings.smoothing] + ([0.0] if twice else [])
     R = len(smoothings)
     peak = torch.full((B, R * K), float("inf"), dtype=torch.float64)
     smooth = torch.full((B, R * K), float("inf"), dtype=torch.float64)
@@ -315,11 +327,14 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
     start = time.perf_counter()
     T, L, N = hotness.shape
     P, D, M = num_physical, num_devices, num_nodes
-    rounds = _check_options(smoothing, move_penalty, perturb_rounds, seed, P // M,
-                            min(T, MAX_SCENARIOS), layer_penalty,
+    # Effort follows the size of a whole layer: a hierarchical plan splits it into node
+    # problems, which are many and would each look small.
+    S = min(T, MAX_SCENARIOS)
+    rounds = _check_options(smoothing, move_penalty, perturb_rounds, seed, P, S, layer_penalty,
                             0.0 if refresh_penalty is None else refresh_penalty)
     settings = SearchSettings(seed=seed, smoothing=float(smoothing), perturb_rounds=rounds,
-                              deadline=None if time_budget is None else start + float(time_budget))
+                              deadline=None if time_budget is None else start + float(time_budget),
+                              exhaustive=small_problem(P, S))
     if weights is None:
         weights = episode_weights(T, recency_half_life)
     loads, weights = normalise_episodes(hotness, D, weights)
