@@ -5,8 +5,8 @@
 Prints: the brief's seed example (and the exact optimum); the optimality gap on a broad family
 of small instances against the exact solver (a negative gap is flagged as an oracle bug, never
 clamped); DeepSeek-V3-sized synthetic windows (16 episodes) and the window after them; the
-real statistics in ../shared/data/ when present, flat and hierarchical; whole-model timings,
-16 against 64 episodes.
+real statistics in ../shared/data/ when present, flat and hierarchical; whole models of other
+shapes (Qwen3, DeepSeek-V2-Lite); whole-model timings, 16 against 64 episodes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import flashlb
 from flashlb import metrics
 from flashlb.solvers.exact import exact_plan
-from flashlb.synthetic import drifting_trace, small_instance
+from flashlb.synthetic import drifting_trace, regime_trace, small_instance
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sglang-dsv3-logical-count"
 SEED = [600, 560, 120, 120, 20, 10, 10, 10]
@@ -149,6 +149,25 @@ def hierarchical():
               f"(per file: default {1000 * t_g / n:.0f} ms, flashlb {1000 * t_f / n:.0f} ms)")
 
 
+# (name, layers, experts, slots, devices) of MoE models with fewer, smaller layers
+OTHER_MODELS = (("Qwen3-30B-A3B", 48, 128, 144, 8), ("Qwen3-235B-A22B", 94, 128, 160, 32),
+                ("DeepSeek-V2-Lite", 26, 64, 80, 8))
+
+
+def other_models():
+    """Whole models of other shapes: one window (what the drop-in signature gets) and 16."""
+    print("other whole models, synthetic hot/cold-swap windows, peak/avg and time per call:")
+    for name, L, N, P, D in OTHER_MODELS:
+        tr = regime_trace("swaps", 16, L, N, seed=7)
+        for h in (tr[-1], tr):
+            f, t_f = timed(flashlb.plan, h, P, D)
+            g, t_g = timed(flashlb.plan, h, P, D, algorithm="default")
+            T = 1 if h.dim() == 2 else h.shape[0]
+            print(f"  {name} ({L} x {N}, {P}/{D}), {T:2d} episode(s): "
+                  f"default {metrics.balance_ratio(g, h).mean().item():.4f} in {1000 * t_g:.0f} ms, "
+                  f"flashlb {metrics.balance_ratio(f, h).mean().item():.4f} in {1000 * t_f:.0f} ms")
+
+
 def speed():
     print("whole model (58 x 256), wall time per call on this machine (best of 3):")
     tr = drifting_trace(16, 58, 256, seed=11, skew=0.6, drift=0.05, burst=0.15)
@@ -193,6 +212,7 @@ def main():
     synthetic(1 if args.quick else 3)
     real()
     hierarchical()
+    other_models()
     speed()
     episodes_scaling()
     return 0

@@ -289,25 +289,29 @@ def test_time_limit_gives_every_problem_its_share():
     assert bool((r.peak_ratio <= once.peak_ratio + 1e-12).all()), r.peak_ratio
 
 
-def test_search_effort_is_judged_on_the_whole_layer(monkeypatch):
-    """The small-problem extras (here: the count refinement) run for a small layer, also when
-    it is split per node, and not for the node problems of a large layer, which are many."""
+def test_search_effort_is_judged_on_whole_layers_and_the_call(monkeypatch):
+    """The small-problem extras (here: the count refinement) run for a few small layers, also
+    when they are split per node; not for the node problems of a large layer, which are
+    many, nor for a whole model of small layers."""
     from flashlb.solvers import joint
 
     calls = []
     real = joint.refine_counts
 
     def counting(*args, **kwargs):
-        calls.append(args[0].shape)
+        calls.append(tuple(args[0].shape))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(joint, "refine_counts", counting)
     gen = torch.Generator().manual_seed(3)
     large = torch.rand(2, 256, generator=gen, dtype=torch.float64) ** 4
-    p = flashlb.plan(large, 288, 32, num_groups=8, num_nodes=4)
-    p.validate()
+    flashlb.plan(large, 288, 32, num_groups=8, num_nodes=4).validate()
+    assert calls == []
+    model = torch.rand(48, 128, generator=gen, dtype=torch.float64) ** 4  # 48 x 144 slots
+    flashlb.plan(model, 144, 8).validate()
     assert calls == []
     small = torch.rand(2, 16, generator=gen, dtype=torch.float64) ** 4
-    p = flashlb.plan(small, 32, 8, num_groups=4, num_nodes=2)
-    p.validate()
+    flashlb.plan(small, 32, 8, num_groups=4, num_nodes=2).validate()
     assert calls == [(4, 1, 8)]  # 2 layers x 2 nodes, one window, 8 experts per node
+    flashlb.plan(model[:4], 144, 8).validate()
+    assert calls[1:] == [(4, 1, 128)]

@@ -44,7 +44,7 @@ class SearchSettings:
 
     deadline: a ``time.perf_counter()`` instant, or None for no limit.
     exhaustive: the problem is small enough for the extra candidate counts and a second,
-    unsmoothed search (:func:`small_problem`); judged on a whole layer, so the node problems
+    unsmoothed search (:func:`small_problem`); judged on whole layers, so the node problems
     of a hierarchical plan of a large layer do not each get a small problem's effort.
     """
 
@@ -61,10 +61,12 @@ class SearchSettings:
         return max(self.deadline - time.perf_counter(), 1e-3)
 
 
-def small_problem(P: int, T: int) -> bool:
-    """A layer of P slots and T scenarios is searched exhaustively (extra candidate counts,
-    searches with and without smoothing): the look-ahead sorts every candidate's replicas."""
-    return P * T <= 256
+def small_problem(L: int, P: int, T: int) -> bool:
+    """Whether L layers of P slots and T scenarios get a small problem's effort: extra
+    candidate counts, searches with and without smoothing, perturbation rounds. Only where
+    each layer is small (the look-ahead sorts every candidate's replicas) and the call as a
+    whole is too: a whole model must take milliseconds (48 layers of 144 slots took 2.4 s)."""
+    return P * T <= 256 and L * P * T <= 1024
 
 
 def _candidates(loads: torch.Tensor, weights: torch.Tensor, P: int, D: int, *,
@@ -118,10 +120,12 @@ def _screened_allotments(loads: torch.Tensor, weights: torch.Tensor, P: int, D: 
     return counts.gather(1, top.unsqueeze(-1).expand(-1, -1, N))
 
 
-def _auto_rounds(P: int, T: int) -> int:
+def _auto_rounds(L: int, P: int, T: int) -> int:
     """Perturbation rounds when none are given: many for small problems, where the search is
-    cheap and the exact optimum is within reach, few for a whole model."""
+    cheap and the exact optimum is within reach, none for a whole model."""
     work = P * max(T, 1)
+    if not small_problem(L, P, max(T, 1)):
+        return 0
     if work <= 64:
         return 400
     if work <= 160:
@@ -287,7 +291,7 @@ def greedy_fallback(phy2log: torch.Tensor, greedy: torch.Tensor, loads: torch.Te
     return torch.where(take.unsqueeze(1), g.phy2log, phy2log)
 
 
-def _check_options(smoothing, move_penalty, perturb_rounds, seed, P, T, layer_penalty=0.0,
+def _check_options(smoothing, move_penalty, perturb_rounds, seed, L, P, T, layer_penalty=0.0,
                    refresh_penalty=0.0) -> int:
     """Checks the search options; returns the number of perturbation rounds."""
     for name, v in (("smoothing", smoothing), ("move_penalty", move_penalty),
@@ -297,7 +301,7 @@ def _check_options(smoothing, move_penalty, perturb_rounds, seed, P, T, layer_pe
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if perturb_rounds is None:
-        return _auto_rounds(P, T)
+        return _auto_rounds(L, P, T)
     if isinstance(perturb_rounds, int) and not isinstance(perturb_rounds, bool) and perturb_rounds >= 0:
         return perturb_rounds
     raise ValueError(f"perturb_rounds must be an int >= 0, got {perturb_rounds!r}")
@@ -327,14 +331,14 @@ def solve(hotness: torch.Tensor, num_physical: int, num_devices: int, *, num_gro
     start = time.perf_counter()
     T, L, N = hotness.shape
     P, D, M = num_physical, num_devices, num_nodes
-    # Effort follows the size of a whole layer: a hierarchical plan splits it into node
-    # problems, which are many and would each look small.
+    # Effort follows the size of whole layers and of the call: a hierarchical plan splits each
+    # layer into node problems, which are many and would each look small.
     S = min(T, MAX_SCENARIOS)
-    rounds = _check_options(smoothing, move_penalty, perturb_rounds, seed, P, S, layer_penalty,
+    rounds = _check_options(smoothing, move_penalty, perturb_rounds, seed, L, P, S, layer_penalty,
                             0.0 if refresh_penalty is None else refresh_penalty)
     settings = SearchSettings(seed=seed, smoothing=float(smoothing), perturb_rounds=rounds,
                               deadline=None if time_budget is None else start + float(time_budget),
-                              exhaustive=small_problem(P, S))
+                              exhaustive=small_problem(L, P, S))
     if weights is None:
         weights = episode_weights(T, recency_half_life)
     loads, weights = normalise_episodes(hotness, D, weights)
