@@ -176,6 +176,25 @@ def test_joint_search_checks_its_arguments():
         torch.ops.flashlb.joint_search(w, ew, ones, None, None, 2, 2, 0.0, 0.0, 0, 0, None)
 
 
+def test_joint_search_refuses_a_start_that_is_no_placement():
+    """A start placement leaving an expert without a replica (or with more than D) used to
+    come back as it was, with a peak that ignored that expert's load, or to fail with an
+    'internal error' once perturbed: it is refused like the same counts would be."""
+    from flashlb.solvers.search import joint_search
+
+    w = torch.ones(1, 1, 4, dtype=torch.float64)
+    ew = torch.ones(1, 1, dtype=torch.float64)
+    for start, S in (([0, 0, 0, 0], 2), ([0, 1, 2, 2], 2), ([0, 0, 0, 1, 2, 3], 3)):
+        for rounds in (0, 20):  # [0, 0, 0, 1, 2, 3] on 2 devices: 3 replicas of expert 0
+            with pytest.raises(ValueError, match="init_slots"):
+                joint_search(w, ew, init_slots=torch.tensor([start]), num_devices=2, slots_per_device=S,
+                             perturb_rounds=rounds)
+    # one expert twice on a device is a placement the default greedy makes: still a start
+    r = joint_search(w, ew, init_slots=torch.tensor([[0, 0, 1, 2, 3, 1, 2, 3]]), num_devices=2,
+                     slots_per_device=4, perturb_rounds=5)
+    assert r.counts.tolist() == [[2, 2, 2, 2]]
+
+
 def test_joint_search_named_result():
     from flashlb.solvers.search import joint_search
 

@@ -35,7 +35,8 @@ def joint_search(loads: torch.Tensor, episode_weights: torch.Tensor, *, num_devi
     loads: [B, T, N] float64, each episode scaled so its device average is 1;
     episode_weights: [B, T] float64. Exactly one start: ``counts`` [B, N] int64 (1 <= c <= D,
     rows summing to P = num_devices * slots_per_device; a placement is built for them) or
-    ``init_slots`` [B, P] int64 (the search starts from that placement and its counts).
+    ``init_slots`` [B, P] int64 (the search starts from that placement and its counts; every
+    expert on 1 to D slots).
     anchor: [B, P] the placement in service; each slot that differs costs ``move_penalty``.
     time_limit: seconds for the whole call, None for no limit. Deterministic for a given
     seed when there is no time limit.

@@ -645,6 +645,11 @@ SearchResult joint_search(int64_t T, int64_t N, int64_t D, int64_t S, const doub
         throw std::invalid_argument("flashlb.joint_search: slot ids must lie in [0, N)");
       c[s[p]] += 1;
     }
+    // A start that leaves an expert without a replica (or with more than D) is no placement:
+    // its peak would ignore that expert's load, and a perturbation could not place it back.
+    for (int64_t e = 0; e < N; ++e)
+      if (c[e] < 1 || c[e] > D)
+        throw std::invalid_argument("flashlb.joint_search: init_slots must give every expert 1 to D slots");
     search.set_state(s, c);
   }
   Rng rng(opt.seed);

@@ -38,7 +38,8 @@ struct SearchResult {
 // episode_weights: [T] (sum 1, or all 0 for a layer without load).
 // counts:          [N] replicas of each expert: read when opt.build (1 <= counts[e] <= D,
 //                  sum P), ignored otherwise; always written with the result's counts.
-// slots:           [P] expert of each slot: read when !opt.build; always written.
+// slots:           [P] expert of each slot: read when !opt.build (each expert on 1 to D
+//                  slots); always written.
 // anchor:          [P] placement in service (moves are counted against it), or nullptr.
 SearchResult joint_search(int64_t T, int64_t N, int64_t D, int64_t S, const double* loads,
                           const double* episode_weights, int64_t* counts, int64_t* slots,
