@@ -39,6 +39,25 @@ def test_plain_torch_path_equals_the_cpu_kernel(count_dtype):
 
 
 @pytest.mark.parametrize(
+    "row, topk",
+    [
+        # no experts: padding only, nothing to count
+        (torch.zeros(0, dtype=torch.int32), torch.tensor([[-1, -5]])),
+        # float32 counts past 2**24: one rounding per call, not one per id
+        (torch.full((4,), 2.0**24, dtype=torch.float32), torch.tensor([[1, 1, 1, 2]])),
+        # negative int64 counts (garbage in) stay where they are, untouched columns included
+        (torch.tensor([-5, 0, -(2**63), 7], dtype=torch.int64), torch.tensor([[1, 2]])),
+    ],
+    ids=["no experts", "float past 2^24", "negative int64"],
+)
+def test_plain_torch_path_equals_the_cpu_kernel_at_the_edges(row, topk):
+    a, b = row.view(1, -1).clone(), row.view(1, -1).clone()
+    ops.accumulate_hotness(a, topk, 0)
+    ops._accumulate_torch(b, topk, 0)
+    assert torch.equal(a, b), (a, b)
+
+
+@pytest.mark.parametrize(
     "hotness, topk, layer, err, message",
     [
         (torch.zeros(2, 16, dtype=torch.int32), torch.tensor([[16]]), 0, ValueError, "not below the number of experts"),

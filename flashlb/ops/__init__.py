@@ -101,18 +101,22 @@ def _accumulate_torch(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int,
     if check_ids and ids.numel() and int(ids.max()) >= N:  # a host synchronisation
         raise ValueError(f"accumulate_hotness: topk_ids holds id {int(ids.max())}, not below the "
                          f"number of experts {N}")
+    if N == 0:  # no experts: every id is padding (or dropped), and there is no column 0
+        return
     # Padding and ids >= N add zero at column 0: no mask, no dynamic shape, no sync.
     valid = (ids >= 0) & (ids < N)
     index = torch.where(valid, ids, 0)
     row = hotness[layer]
-    if hotness.dtype.is_floating_point:
-        row.scatter_add_(0, index, valid.to(hotness.dtype))
-        return
-    # Integer counts saturate at the dtype's largest value (as the C++ kernels do).
-    top = torch.iinfo(hotness.dtype).max
+    # Each expert's count of this call first, added once, as the C++ kernels do: float counts
+    # round once per call (not once per id), integer counts saturate at the dtype's largest value.
     add = torch.zeros(N, dtype=torch.int64, device=hotness.device).scatter_add_(0, index, valid.to(torch.int64))
+    if hotness.dtype.is_floating_point:
+        row.add_(add.to(hotness.dtype))
+        return
+    top = torch.iinfo(hotness.dtype).max
     wide = row.to(torch.int64)
-    row.copy_(wide + torch.minimum(add, top - wide))
+    # The headroom top - wide overflows int64 where a count is negative; such counts take any add.
+    row.copy_(wide + torch.minimum(add, top - wide.clamp(min=0)))
 
 
 def _episode_dtypes(steps: torch.Tensor, episode_len: int):
