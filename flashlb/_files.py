@@ -21,7 +21,7 @@ import stat
 import time
 from pathlib import Path
 
-__all__ = ["read_bytes", "read_data", "atomic_write", "max_file_bytes", "FORMATS"]
+__all__ = ["read_bytes", "read_data", "atomic_write", "torch_bytes", "max_file_bytes", "FORMATS"]
 
 FORMATS = (".json", ".pt", ".npy", ".safetensors")
 
@@ -145,9 +145,21 @@ def _clean_stale(folder: Path, name: str) -> None:
             pass
 
 
-def atomic_write(path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a reader never sees half a file.
+def torch_bytes(obj) -> bytes:
+    """``torch.save(obj)`` into memory: the bytes for :func:`atomic_write`."""
+    import torch
 
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def atomic_write(path, write) -> None:
+    """Write ``path`` under a temporary name, then rename it onto ``path``: a reader never sees
+    half a file.
+
+    ``write``: the file's bytes (best: serialise in memory first, so that every failure to
+    write - a full disk - is an ``OSError``), or a function that writes ``write(tmp_path)``.
     The file gets the mode the umask gives (0666 & ~umask), like any file ``open`` creates.
     A failure to write is a ``ValueError`` naming the path.
     """
@@ -158,22 +170,31 @@ def atomic_write(path, write) -> None:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0666 & ~umask, as the kernel applied it
-        os.close(fd)
     except OSError as exc:
         raise ValueError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     try:
-        write(tmp)
-        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that recreated the file
-            os.chmod(tmp, mode)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
+        if callable(write):
             os.close(fd)
+            fd = -1
+            write(tmp)
+            if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that recreated the file
+                os.chmod(tmp, mode)
+            fd = os.open(tmp, os.O_RDONLY)
+        else:
+            view = memoryview(write).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
         os.replace(tmp, path)
     except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
         raise ValueError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
         raise

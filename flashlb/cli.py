@@ -286,9 +286,13 @@ def _print_simulation(res, expert_bytes: int = 3 * 7168 * 2048) -> None:
 
 
 def _save_figure(fig, path: Path) -> Path:
+    import io
+
     from .placement import atomic_write
 
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    buf = io.BytesIO()  # in memory first: a full disk is then an OSError of the write itself
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -398,9 +402,13 @@ def cmd_demo(args) -> int:
         nxt = (metrics.balance_ratio(base, following).mean().item(), metrics.balance_ratio(new, following).mean().item())
         print(f"  {P} slots / {D} devices: per-episode peak/avg on the window {fit[0]:.4f} (default) "
               f"-> {fit[1]:.4f} (flashlb); on the next window {nxt[0]:.4f} -> {nxt[1]:.4f}; {dt:.2f} s")
+    import io
+
     from .placement import atomic_write
 
-    atomic_write(out / "synthetic_trace.pt", lambda p: torch.save({"logical_count": trace}, p))
+    buf = io.BytesIO()
+    torch.save({"logical_count": trace}, buf)
+    atomic_write(out / "synthetic_trace.pt", buf.getvalue())
     data = _data_dir()
     if data is None:
         print("real DeepSeek-V3 statistics not found (set FLASHLB_DATA to their folder); skipped")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ._checks import check_int, check_memory, check_tensor
-from ._files import atomic_write, read_data
+from ._files import atomic_write, read_data, torch_bytes
 
 __all__ = ["Placement", "log2phy_from_phy2log", "atomic_write"]
 
@@ -210,16 +210,15 @@ class Placement:
         suffix = path.suffix.lower()
         phy = self.phy2log.cpu().contiguous()
         if suffix == ".json":
-            text = json.dumps({"physical_to_logical_map": phy.tolist()})
-            atomic_write(path, lambda p: p.write_text(text))
+            atomic_write(path, json.dumps({"physical_to_logical_map": phy.tolist()}).encode())
         elif suffix == ".pt":
-            atomic_write(path, lambda p: torch.save({"physical_to_logical_map": phy}, p))
+            atomic_write(path, torch_bytes({"physical_to_logical_map": phy}))
         elif suffix == ".safetensors":
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
             tensors = {"physical_to_logical_map": phy, "num_devices": torch.tensor(self.num_devices),
                        "num_experts": torch.tensor(self.num_experts)}
-            atomic_write(path, lambda p: save_file(tensors, str(p)))
+            atomic_write(path, save(tensors))
         else:
             raise ValueError(f"path must end in .json, .pt or .safetensors, got {path.name!r}")
 

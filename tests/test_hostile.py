@@ -453,6 +453,53 @@ def test_a_writer_killed_mid_write_leaves_no_stale_temporary(tmp_path):
     assert Placement.load(target, num_devices=2) == p
 
 
+def test_a_full_disk_is_one_value_error_in_every_format(tmp_path):
+    """A write that fails half way (the disk fills: here a file size limit) is one ValueError
+    naming the file for every format - torch.save and safetensors used to raise their own
+    RuntimeError / SafetensorError, and the CLI called that an internal error - and leaves
+    the file that was there, and no temporary."""
+    out = isolated("""
+        import json, resource, signal, sys, torch, flashlb
+        from pathlib import Path
+        from flashlb.cli import main
+        d = Path(sys.argv[1])
+        g = torch.Generator().manual_seed(0)
+        h = torch.rand(4, 64, generator=g, dtype=torch.float64)
+        p = flashlb.plan(h, 128, 8)
+        small = flashlb.Placement.from_phy2log(torch.tensor([[0, 1, 2, 3]]), 4, 2)
+        bal = flashlb.Balancer(128, 8)
+        bal.step(h, p)
+        for name in ("p.json", "p.pt", "p.safetensors"):
+            small.save(d / name)
+        flashlb.Balancer(128, 8).save(d / "state.pt")
+        before = {f.name: f.read_bytes() for f in d.iterdir()}
+        (d / "loads.json").write_text(json.dumps({"logical_count": h.tolist()}))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+        bad = []
+        writes = [(n, lambda n=n: p.save(d / n)) for n in ("p.json", "p.pt", "p.safetensors")]
+        for name, write in writes + [("state.pt", lambda: bal.save(d / "state.pt"))]:
+            try:
+                write()
+            except ValueError as exc:
+                if name not in str(exc):
+                    bad.append(f"{name}: {exc}")
+            except BaseException as exc:
+                bad.append(f"{name}: {type(exc).__name__}: {exc}")
+            else:
+                bad.append(f"{name}: written")
+        for name in ("p.pt", "p.safetensors"):
+            rc = main(["plan", str(d / "loads.json"), "-p", "128", "-d", "8", "-o", str(d / name)])
+            if rc != 2:
+                bad.append(f"cli -o {name}: status {rc}")
+        after = {f.name: f.read_bytes() for f in d.iterdir() if f.name != "loads.json"}
+        if after != before:
+            bad.append(f"files changed: {sorted(after)} vs {sorted(before)}")
+        print(json.dumps(bad))
+    """, str(tmp_path))
+    assert json.loads(out.strip().splitlines()[-1]) == []
+
+
 # --------------------------------------------------------------------------- CLI
 CLI_CHILD = """
     import contextlib, io, json, sys

@@ -21,7 +21,7 @@ import torch
 
 from .. import metrics
 from .._checks import MAX_SLOTS, as_hotness, check_budget, check_int, check_number, check_sizes
-from .._files import atomic_write, read_data
+from .._files import atomic_write, read_data, torch_bytes
 from ..api import check_plan_options, check_previous, forecast_options, plan
 from ..placement import Placement
 
@@ -265,7 +265,7 @@ class Balancer:
     def save(self, path) -> None:
         """Write the state atomically (a ``.pt`` of tensors and ints only)."""
         state = self.state_dict()
-        atomic_write(Path(path), lambda p: torch.save(state, p))
+        atomic_write(Path(path), torch_bytes(state))
 
     def load(self, path) -> None:
         """Read a state written by :meth:`save` (``weights_only=True``: no object is unpickled).
