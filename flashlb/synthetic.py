@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_int, check_number
+from ._checks import check_int, check_memory, check_number
 
 __all__ = ["drifting_trace", "small_instance", "SMALL_KINDS", "regime_trace", "REGIMES", "popularity",
            "sample_counts", "stationary_trace", "drift_trace", "swap_trace", "fast_swap_trace", "burst_trace",
@@ -44,10 +44,8 @@ def drifting_trace(num_episodes: int, num_layers: int, num_experts: int, *,
     walk in log space (``drift`` per episode), each episode adds short-lived bursts (``burst``)
     and the tokens are drawn as Poisson counts, so episodes share a trend but differ.
     """
-    T = check_int(num_episodes, "num_episodes")
-    L = check_int(num_layers, "num_layers")
-    N = check_int(num_experts, "num_experts")
-    g = torch.Generator().manual_seed(int(seed))
+    T, L, N, _ = _check_sizes(num_episodes, num_layers, num_experts, 1)
+    g = _generator(seed)
     logit = torch.randn(L, N, generator=g, dtype=torch.float64) * skew
     out = torch.empty(T, L, N, dtype=torch.float64)
     for t in range(T):
@@ -101,6 +99,10 @@ def small_instance(seed: int, *, max_slots: int = 12) -> tuple[torch.Tensor, int
 
 
 # ---------------------------------------------------------------------- building blocks
+# float64 [T, L, N] arrays a builder holds at once (path, steps, noise, shares, counts, ...).
+_TRACE_ARRAYS = 8
+
+
 def _check_sizes(num_episodes, num_layers, num_experts, group_size):
     T = check_int(num_episodes, "num_episodes")
     L = check_int(num_layers, "num_layers")
@@ -108,7 +110,18 @@ def _check_sizes(num_episodes, num_layers, num_experts, group_size):
     G = check_int(group_size, "group_size")
     if N % G != 0:
         raise ValueError(f"group_size={G} must divide num_experts={N}")
+    # Before the first allocation: absurd sizes fail at once, not after hours of episodes.
+    check_memory(_TRACE_ARRAYS * 8 * T * L * N,
+                 f"a trace of num_episodes={T} x num_layers={L} x num_experts={N}")
     return T, L, N, G
+
+
+def _generator(seed) -> torch.Generator:
+    """A torch generator seeded with ``seed``, an integer in [-2**63, 2**64) (what torch takes)."""
+    s = check_int(seed, "seed", -(2**63))
+    if s >= 2**64:
+        raise ValueError(f"seed must be < 2**64, got {s}")
+    return torch.Generator().manual_seed(s)
 
 
 def popularity(num_layers: int, num_experts: int, g: torch.Generator, *, skew: float,
@@ -159,7 +172,7 @@ def stationary_trace(num_episodes: int, num_layers: int = 58, num_experts: int =
                      with_popularity: bool = False):
     """``[T, L, N]``: a fixed popularity per layer; episodes differ by noise only."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
-    g = torch.Generator().manual_seed(int(seed))
+    g = _generator(seed)
     base = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
     return _sample(base.expand(T, L, N), g, noise, tokens_per_episode, with_popularity)
 
@@ -171,7 +184,7 @@ def drift_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256,
     """``[T, L, N]``: every expert's log-popularity takes a random-walk step of spread
     ``drift`` per episode, half of it shared by its group (groups drift together)."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
-    g = torch.Generator().manual_seed(int(seed))
+    g = _generator(seed)
     d = check_number(drift, "drift")
     base = popularity(L, N, g, skew=check_number(skew, "skew"), group_size=G)
     steps = torch.stack([popularity(L, N, g, skew=d, group_size=G) for _ in range(T)])
@@ -187,7 +200,7 @@ def swap_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256, 
     group drawn at random: the old hot experts cool down, the new ones stay hot until the
     next swap. Between swaps popularity holds still (plus the episode noise)."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
-    g = torch.Generator().manual_seed(int(seed))
+    g = _generator(seed)
     rate = check_number(swap_rate, "swap_rate")
     if rate > 1:
         raise ValueError(f"swap_rate must be a probability in [0, 1], got {swap_rate!r}")
@@ -217,7 +230,7 @@ def burst_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256,
     probability ``burst_rate``, has one group (drawn at random) gain ``burst_size`` in
     log-popularity, decaying linearly to nothing over ``burst_len`` episodes."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
-    g = torch.Generator().manual_seed(int(seed))
+    g = _generator(seed)
     rate = check_number(burst_rate, "burst_rate")
     if rate > 1:
         raise ValueError(f"burst_rate must be a probability in [0, 1], got {burst_rate!r}")
@@ -245,7 +258,7 @@ def switch_trace(num_episodes: int, num_layers: int = 58, num_experts: int = 256
     trace), decode-like after (spread ``decode_skew``; correlation ``overlap`` with the
     prefill profile, so mostly other experts are hot)."""
     T, L, N, G = _check_sizes(num_episodes, num_layers, num_experts, group_size)
-    g = torch.Generator().manual_seed(int(seed))
+    g = _generator(seed)
     ov = check_number(overlap, "overlap")
     if ov > 1:
         raise ValueError(f"overlap must be in [0, 1], got {overlap!r}")

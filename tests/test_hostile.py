@@ -165,6 +165,40 @@ def test_absurd_budgets_and_sizes_fail_at_once():
     assert out.strip() == "ok"
 
 
+def test_synthetic_traces_refuse_absurd_sizes_and_seeds_at_once():
+    """`flashlb simulate --regime drift --episodes 10000000000` looped for hours towards
+    terabytes; a seed past what a torch generator takes failed with torch's own message. Both
+    are one ValueError naming the argument, at once, from every builder and the CLI."""
+    out = isolated("""
+        import time, contextlib, io
+        from flashlb import synthetic
+        from flashlb.cli import main
+        builders = [lambda **kw: synthetic.drifting_trace(**kw)] + [
+            (lambda r: lambda **kw: synthetic.regime_trace(r, **kw))(r) for r in synthetic.REGIMES]
+        for build in builders:
+            for kw, name in ((dict(num_episodes=10**10, num_layers=100000, num_experts=8), "num_episodes"),
+                             (dict(num_episodes=10**9, num_layers=58, num_experts=256), "num_episodes"),
+                             (dict(num_episodes=4, num_layers=1, num_experts=8, seed=2**70), "seed"),
+                             (dict(num_episodes=4, num_layers=1, num_experts=8, seed=-(2**70)), "seed"),
+                             (dict(num_episodes=4, num_layers=1, num_experts=8, seed=1.5), "seed")):
+                t = time.perf_counter()
+                try:
+                    build(**kw)
+                except ValueError as exc:
+                    assert name in str(exc), (kw, exc)
+                else:
+                    raise AssertionError(f"accepted {kw}")
+                assert time.perf_counter() - t < 5, kw
+        t = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            rc = main(["simulate", "--regime", "drift", "-p", "16", "-d", "4", "--episodes", str(10**10),
+                       "--layers", "100000", "--experts", "8"])
+        assert rc == 2 and "flashlb: error:" in err.getvalue() and time.perf_counter() - t < 5, err.getvalue()
+        print("ok")
+    """, timeout=60)
+    assert out.strip() == "ok"
+
+
 # --------------------------------------------------------------------------- special and damaged files
 FILES_CHILD = """
     import json, os, sys, time, torch, flashlb
