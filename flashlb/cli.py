@@ -234,6 +234,8 @@ def cmd_simulate(args) -> int:
 
     if (args.trace is None) == (args.regime is None):
         raise CliError("give a TRACE file or --regime (not both)")
+    if args.expert_bytes < 0:
+        raise CliError(f"--expert-bytes must be >= 0, got {args.expert_bytes}")
     policies = tuple(args.policies.split(",")) if args.policies else POLICIES
     unknown = sorted(set(policies) - set(POLICIES))
     if unknown:
@@ -248,6 +250,7 @@ def cmd_simulate(args) -> int:
             h = regime_trace(args.regime, args.episodes, args.layers, args.experts, seed=args.seed)
         except ValueError as exc:
             raise CliError(str(exc)) from None
+    out = _out_dir(args.out) if args.out else None  # before the work, not after it
     # The Balancer's own defaults unless the command line sets them.
     options = {k: v for k, v in (("threshold", args.threshold), ("move_penalty", args.move_penalty),
                                  ("layer_penalty", args.layer_penalty),
@@ -267,8 +270,7 @@ def cmd_simulate(args) -> int:
         move, refresh = Balancer(args.physical, args.devices, **options).prices()
         refresh = "as a move" if refresh is None else f"{refresh:.3g}"
         print(f"balancer prices per moved slot: {move:.3g}, when a layer takes its fresh plan whole: {refresh}")
-    if args.out:
-        out = _out_dir(args.out)
+    if out is not None:
         path = _plot_simulation(res, out)
         print(f"figure written to {path}")
     return 0
@@ -325,6 +327,8 @@ def _plot_simulation(res, out: Path) -> Path:
 def cmd_report(args) -> int:
     from . import metrics, plan
 
+    if args.cycle_len is not None and args.cycle_len < 1:
+        raise CliError(f"--cycle-len must be >= 1 (steps), got {args.cycle_len}")
     h, live = _read_loads(args.loads, args.episode_len)
     out = _out_dir(args.out)
     plt = _plt()
@@ -367,7 +371,7 @@ def cmd_report(args) -> int:
     written.append(_save_figure(fig, out / "peak_per_layer.png"))
     plt.close(fig)
     # 3. optional: replay the file (its steps, before any episode cut) as a per-step trace
-    if args.cycle_len:
+    if args.cycle_len is not None:
         from .redeploy import simulate
 
         raw, raw_live = _read_loads(args.loads)

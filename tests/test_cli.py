@@ -97,6 +97,27 @@ def test_simulate_and_report(tmp_path, capsys):
         assert (tmp_path / "fig" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["report", "--cycle-len", "0"], "--cycle-len"),  # was no replay, silently
+    (["report", "--cycle-len", "-5"], "--cycle-len"),  # was a replay of one 16-step episode per cycle
+    (["simulate", "--expert-bytes", "-5"], "--expert-bytes"),  # was "-0.00 GB moved"
+    (["simulate", "--out", "FILE"], "cannot create the folder"),  # was found out after the simulation
+])
+def test_cli_refuses_meaningless_numbers_and_outputs_before_any_work(tmp_path, capsys, extra, message):
+    from flashlb.synthetic import drifting_trace
+
+    trace = tmp_path / "trace.pt"
+    torch.save({"logical_count": drifting_trace(24, 2, 16, tokens_per_episode=512, seed=1)}, trace)
+    (tmp_path / "file").write_text("x")
+    cmd, *rest = [str(tmp_path / "file") if a == "FILE" else a for a in extra]
+    base = [cmd, str(trace), "-d", "4", "-p", "24"]
+    base += ["--window", "4", "--cycle", "4"] if cmd == "simulate" else ["--out", str(tmp_path / "fig")]
+    assert main(base + rest) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""  # nothing computed, nothing printed
+    assert not (tmp_path / "fig").exists()
+
+
 def test_simulate_a_regime_with_chosen_policies(capsys):
     assert main(["simulate", "--regime", "swaps", "--episodes", "24", "--layers", "2", "--experts", "16",
                  "-d", "4", "-p", "24", "--policies", "fresh,default"]) == 0
