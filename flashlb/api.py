@@ -97,6 +97,7 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     """
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    check_plan_options(options, "plan")  # a misspelt option fails here, not inside the search
     h = as_hotness(hotness)
     device = h.device
     T, L, N = h.shape

@@ -33,6 +33,9 @@ def test_plan_returns_valid_flashlb_placement(seed_hotness):
          "hierarchical=True needs"),
         (torch.ones(1, 4), 4, 2, {"seed": -1}, "seed"),
         (torch.ones(1, 4), 4, 2, {"smoothing": math.nan}, "smoothing"),
+        # a misspelt option: named up front, not as a TypeError of the search's own signature
+        (torch.ones(1, 4), 4, 2, {"smoothingg": 0.1}, "unknown options .*smoothingg"),
+        (torch.ones(3, 1, 4), 4, 2, {"forecast": True, "perturb_round": 3}, "unknown options .*perturb_round"),
     ],
 )
 def test_bad_input_names_the_argument(hotness, P, D, kwargs, message):
