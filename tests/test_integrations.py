@@ -180,6 +180,19 @@ def test_sglang_algorithm_returns_cpu_int64_and_ignores_sglang_algorithm_value()
         sglang.rebalance_experts(t, 24, 5, None, 1)
 
 
+def test_sglang_takes_numpy_and_tensor_sizes_and_names_bad_ones():
+    """A numpy or 0-d tensor size (as read from a config array) is a size, as it is for
+    flashlb.plan; it was refused with '6 must divide 24', which it does."""
+    t = loads(T=2)
+    want, _, _ = sglang.rebalance_experts(t, 24, 6, None, 1)
+    for local in (np.int64(6), np.int32(6), torch.tensor(6)):
+        assert torch.equal(sglang.rebalance_experts(t, 24, local, None, 1)[0], want)
+    assert torch.equal(sglang.rebalance_experts(t, np.int64(24), np.int64(6), None, 1)[0], want)
+    for bad in (6.0, True, "6", 0, -6, torch.tensor(6.0)):
+        with pytest.raises(ValueError, match="num_local_physical_experts"):
+            sglang.rebalance_experts(t, 24, bad, None, 1)
+
+
 @pytest.mark.parametrize("suffix", [".json", ".pt"])
 def test_sglang_init_file_holds_only_what_sglang_accepts(tmp_path, suffix):
     t = loads(T=4)

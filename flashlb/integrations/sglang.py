@@ -20,6 +20,7 @@ other name reaches SGLang unchanged. SGLang runs its general plugins (entry poin
 from __future__ import annotations
 
 import logging
+import operator
 from pathlib import Path
 
 import torch
@@ -48,17 +49,29 @@ class _FlashLBAlgorithm:
 FLASHLB = _FlashLBAlgorithm()
 
 
+def _size(value) -> int | None:
+    """An integer size - Python, numpy or a 0-d integer tensor - as an int; None otherwise
+    (bools and floats included)."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _plan(tokens_per_expert, num_physical_experts, num_local_physical_experts, num_groups,
           num_nodes, plan_options) -> Placement:
-    if (isinstance(num_local_physical_experts, bool) or not isinstance(num_local_physical_experts, int)
-            or num_local_physical_experts < 1 or num_physical_experts % num_local_physical_experts):
-        raise ValueError(
-            f"num_local_physical_experts={num_local_physical_experts} must divide "
-            f"num_physical_experts={num_physical_experts}")
-    num_gpus = num_physical_experts // num_local_physical_experts
+    physical, local = _size(num_physical_experts), _size(num_local_physical_experts)
+    for name, v, raw in (("num_physical_experts", physical, num_physical_experts),
+                         ("num_local_physical_experts", local, num_local_physical_experts)):
+        if v is None or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    if physical % local:
+        raise ValueError(f"num_local_physical_experts={local} must divide num_physical_experts={physical}")
     if isinstance(tokens_per_expert, torch.Tensor):
         tokens_per_expert = tokens_per_expert.detach().cpu()
-    return plan(tokens_per_expert, num_physical_experts, num_gpus, num_groups=num_groups,
+    return plan(tokens_per_expert, physical, physical // local, num_groups=num_groups,
                 num_nodes=num_nodes, **(plan_options or {}))
 
 
