@@ -133,6 +133,11 @@ def test_vllm_ascend_policy_contract():
         policy.rebalance_experts(table, torch.rand(3, 4, 5))
     with pytest.raises(ValueError, match="current_expert_table"):
         policy.rebalance_experts(table.float(), workload)
+    # an empty table (no layer, device or slot) was torch's "max(): Expected reduction dim"
+    for empty in (torch.zeros(0, 4, 6, dtype=torch.int64), torch.zeros(3, 0, 6, dtype=torch.int64),
+                  torch.zeros(3, 4, 0, dtype=torch.int64)):
+        with pytest.raises(ValueError, match="current_expert_table"):
+            vllm_ascend.FlashLBPolicy().rebalance_experts(empty, torch.rand(empty.shape))
 
 
 def test_vllm_ascend_balancer_options_pass_through():

@@ -64,8 +64,8 @@ class FlashLBPolicy:
 
     def rebalance_experts(self, current_expert_table, expert_workload):
         table = torch.as_tensor(current_expert_table)
-        if table.dim() != 3:
-            raise ValueError(f"current_expert_table must be [L, D, S], got {tuple(table.shape)}")
+        if table.dim() != 3 or table.numel() == 0:
+            raise ValueError(f"current_expert_table must be a non-empty [L, D, S], got {tuple(table.shape)}")
         if table.dtype.is_floating_point or table.dtype == torch.bool:
             raise ValueError(f"current_expert_table must hold integer expert ids, got {table.dtype}")
         load = torch.as_tensor(expert_workload)
