@@ -150,7 +150,7 @@ def test_vllm_ascend_balancer_options_pass_through():
     env = {vllm_ascend.OPTIONS_ENV: '{"threshold": 1.2, "max_layers_per_cycle": 3}'}
     assert vllm_ascend.balancer_options_from_env(env) == {"threshold": 1.2, "max_layers_per_cycle": 3}
     assert vllm_ascend.balancer_options_from_env({}) == {}
-    for bad in ("[1, 2]", "{threshold: 1}"):
+    for bad in ("[1, 2]", "{threshold: 1}", "[" * 100000 + "]" * 100000):  # the last: RecursionError
         with pytest.raises(ValueError, match=vllm_ascend.OPTIONS_ENV):
             vllm_ascend.balancer_options_from_env({vllm_ascend.OPTIONS_ENV: bad})
 

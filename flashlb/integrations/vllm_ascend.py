@@ -46,6 +46,8 @@ def balancer_options_from_env(environ=None) -> dict:
         options = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{OPTIONS_ENV} must be a JSON object of Balancer options: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{OPTIONS_ENV} must be a JSON object of Balancer options: nested too deeply") from None
     if not isinstance(options, dict):
         raise ValueError(f"{OPTIONS_ENV} must be a JSON object, got {type(options).__name__}")
     return options
