@@ -121,6 +121,27 @@ def test_balancer_state_round_trip(tmp_path):
     assert torch.equal(a.reference, b.reference)  # a refused state changes nothing
 
 
+def test_balancer_state_of_meta_or_negative_tensors_is_refused_on_load(tmp_path):
+    """A state file whose 'measured' is a meta tensor (a shape, no data) was accepted, and the
+    next step failed with torch's device error; a negative reference ratio (which no layer can
+    have) made every layer look degraded. Both are refused where the state is read."""
+    ok = {"reference": torch.ones(2, dtype=torch.float64), "measured": torch.ones(2, dtype=torch.bool),
+          "cycles": 1}
+    for key, value in (("measured", torch.ones(2, dtype=torch.bool, device="meta")),
+                       ("reference", -torch.ones(2, dtype=torch.float64))):
+        torch.save({**ok, key: value}, tmp_path / "state.pt")
+        b = Balancer(16, 4)
+        with pytest.raises(ValueError, match=key):
+            b.load(tmp_path / "state.pt")
+        with pytest.raises(ValueError, match=key):
+            b.load_state_dict({**ok, key: value})
+        assert b.reference is None and b.cycles == 0
+    # a reference that carries autograd history is stored as plain data
+    b = Balancer(16, 4)
+    b.load_state_dict({**ok, "reference": torch.ones(2, dtype=torch.float64, requires_grad=True)})
+    assert not b.reference.requires_grad
+
+
 def test_balancer_move_budget_is_spent_where_it_gains_most():
     g = torch.Generator().manual_seed(3)
     h = torch.rand(4, 4, 32, generator=g, dtype=torch.float64) + 1

@@ -252,14 +252,15 @@ class Balancer:
         if ref is not None:
             if not isinstance(ref, torch.Tensor) or ref.dim() != 1 or ref.is_meta \
                     or ref.layout != torch.strided or not ref.is_floating_point() \
-                    or not bool(torch.isfinite(ref).all()):
-                raise ValueError("state['reference'] must be a dense [L] tensor of finite ratios or None")
-            if not isinstance(measured, torch.Tensor) or measured.dtype != torch.bool \
+                    or not bool(torch.isfinite(ref).all()) or bool((ref < 0).any()):
+                raise ValueError("state['reference'] must be a dense [L] tensor of finite ratios >= 0 or None")
+            if not isinstance(measured, torch.Tensor) or measured.dtype != torch.bool or measured.is_meta \
                     or measured.layout != torch.strided or measured.shape != ref.shape:
                 raise ValueError("state['measured'] must be a [L] bool tensor like state['reference']")
         cycles = check_int(state.get("cycles", 0), "state['cycles']", 0)
-        self.reference = None if ref is None else ref.to(torch.float64).clone()
-        self.measured = None if measured is None else measured.clone()
+        # Plain CPU data, as step() keeps it (no autograd history, no other device).
+        self.reference = None if ref is None else ref.detach().to("cpu", torch.float64).clone()
+        self.measured = None if measured is None else measured.detach().cpu().clone()
         self.cycles = cycles
 
     def save(self, path) -> None:
