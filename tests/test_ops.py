@@ -113,6 +113,40 @@ def test_episode_stats_bad_input():
         ops.episode_stats(torch.zeros(4, 1, 2, dtype=torch.bool), 2)
 
 
+def _bad_op_calls():
+    f64, i64 = torch.float64, torch.int64
+    w, ew = torch.ones(1, 1, 4, dtype=f64), torch.ones(1, 1, dtype=f64)
+    js = torch.ops.flashlb.joint_search
+    return [
+        ("episode_len 0", lambda d: ops.episode_stats(torch.zeros(4, 1, 2, device=d), 0)),
+        ("episode_len -1", lambda d: ops.episode_stats(torch.zeros(4, 1, 2, device=d), -1)),
+        ("no step", lambda d: ops.episode_stats(torch.zeros(0, 1, 2, device=d), 2)),
+        ("bool steps", lambda d: ops.episode_stats(torch.zeros(4, 1, 2, dtype=torch.bool, device=d), 2)),
+        ("2-d steps", lambda d: ops.episode_stats(torch.zeros(4, 2, device=d), 2)),
+        ("2-d loads", lambda d: js(w[0].to(d), ew.to(d), counts=torch.ones(1, 4, dtype=i64, device=d),
+                                   num_devices=2, slots_per_device=2)),
+        ("no device", lambda d: js(w.to(d), ew.to(d), counts=torch.ones(1, 4, dtype=i64, device=d),
+                                   num_devices=0, slots_per_device=2)),
+        ("no slot", lambda d: js(w.to(d), ew.to(d), counts=torch.ones(1, 4, dtype=i64, device=d),
+                                 num_devices=2, slots_per_device=0)),
+        ("2-d scores", lambda d: torch.ops.flashlb.max_assignment(torch.ones(3, 3, dtype=f64, device=d))),
+        ("non-square scores", lambda d: torch.ops.flashlb.max_assignment(torch.ones(1, 3, 2, dtype=f64, device=d))),
+        ("1-d weight", lambda d: torch.ops.flashlb.balanced_packing(torch.ones(4, dtype=f64, device=d), 2)),
+        ("uneven packs", lambda d: torch.ops.flashlb.balanced_packing(torch.ones(1, 4, dtype=f64, device=d), 3)),
+    ]
+
+
+@pytest.mark.parametrize("name, call", _bad_op_calls(), ids=[n for n, _ in _bad_op_calls()])
+def test_fake_kernels_refuse_what_the_cpu_kernels_refuse(name, call):
+    """The fakes (meta tensors, torch.compile) check shapes and sizes like the kernels: an
+    episode_len of 0 was a ZeroDivisionError there, -1 a negative dimension, and bad solver
+    shapes came back as tensors of made-up shapes."""
+    with pytest.raises(ValueError):
+        call("cpu")
+    with pytest.raises(ValueError):
+        call("meta")
+
+
 def test_opcheck_every_op():
     checks = [
         (torch.ops.flashlb.accumulate_hotness.default, (torch.zeros(3, 16, dtype=torch.int64), ids(), 1)),

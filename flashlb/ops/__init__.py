@@ -127,7 +127,7 @@ def _episode_dtypes(steps: torch.Tensor, episode_len: int):
     return T, sums, stat
 
 
-def _episode_stats_torch(steps: torch.Tensor, episode_len: int):
+def _check_episode(steps: torch.Tensor, episode_len: int) -> None:
     if steps.dim() != 3:
         raise ValueError(f"episode_stats: steps must be [S, L, N], got {tuple(steps.shape)}")
     if episode_len < 1:
@@ -136,6 +136,10 @@ def _episode_stats_torch(steps: torch.Tensor, episode_len: int):
         raise ValueError("episode_stats: steps must hold at least one step")
     if steps.dtype not in _STEP_DTYPES:
         raise ValueError(f"episode_stats: steps must be int32, int64, float32 or float64, got {steps.dtype}")
+
+
+def _episode_stats_torch(steps: torch.Tensor, episode_len: int):
+    _check_episode(steps, episode_len)
     S, L, N = steps.shape
     T, sums, stat = _episode_dtypes(steps, episode_len)
     first = S - (T - 1) * episode_len
@@ -165,8 +169,11 @@ def _register() -> None:
         _check_accumulate(hotness, topk_ids, layer)
         return None
 
+    # The fakes check shapes, sizes and dtypes as the kernels do (meta tensors and
+    # torch.compile see the same errors); checks on values need data and stay in the kernels.
     @torch.library.register_fake("flashlb::episode_stats", lib=lib)
     def _(steps, episode_len):
+        _check_episode(steps, episode_len)
         S, L, N = steps.shape
         T, sums, stat = _episode_dtypes(steps, episode_len)
         return (steps.new_empty(T, L, N, dtype=sums),
@@ -177,16 +184,26 @@ def _register() -> None:
     def _(loads, episode_weights, *, counts=None, init_slots=None, anchor=None, num_devices,
           slots_per_device, smoothing=0.05, move_penalty=0.0, perturb_rounds=0, seed=0,
           time_limit=None):
+        if loads.dim() != 3:
+            raise ValueError("joint_search: loads must be [B, T, N]")
+        if num_devices < 1 or slots_per_device < 1:
+            raise ValueError("joint_search: num_devices and slots_per_device must be >= 1")
         B, _, N = loads.shape
         return (loads.new_empty(B, num_devices * slots_per_device, dtype=torch.int64),
                 loads.new_empty(B, N, dtype=torch.int64), loads.new_empty(B, 3))
 
     @torch.library.register_fake("flashlb::max_assignment", lib=lib)
     def _(scores):
+        if scores.dim() != 3 or scores.shape[1] != scores.shape[2]:
+            raise ValueError(f"max_assignment: scores must be [B, n, n], got {tuple(scores.shape)}")
         return scores.new_empty(scores.shape[:2], dtype=torch.int64)
 
     @torch.library.register_fake("flashlb::balanced_packing", lib=lib)
     def _(weight, num_packs):
+        if weight.dim() != 2 or weight.dtype != torch.float64:
+            raise ValueError("balanced_packing: weight must be a [X, M] float64 tensor")
+        if num_packs < 1 or weight.shape[1] % num_packs != 0:
+            raise ValueError("balanced_packing: the items must fill num_packs packs evenly")
         return (weight.new_empty(weight.shape, dtype=torch.int64),
                 weight.new_empty(weight.shape, dtype=torch.int64))
 
