@@ -227,7 +227,7 @@ def check_plan_options(options: dict, owner: str) -> None:
 def forecast_options(forecast) -> dict | None:
     """plan's ``forecast`` argument as forecast_scenarios options, or None (off); checked in
     full (TypeError for another type, ValueError naming a bad option)."""
-    from .forecast import DEFAULT
+    from .forecast import DEFAULT, check_options
 
     if forecast is True:
         return dict(DEFAULT)
@@ -239,23 +239,9 @@ def forecast_options(forecast) -> dict | None:
                                        "min_segment", "persistence", "scenario_half_life"})
     if unknown:
         raise ValueError(f"forecast: unknown options {unknown}")
-    for key in ("change_threshold", "level_half_life", "scenario_half_life"):
-        v = forecast.get(key, DEFAULT.get(key))
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
-                              or v == float("inf")):
-            raise ValueError(f"forecast[{key!r}] must be a finite number > 0 or None, got {v!r}")
-    persist = forecast.get("persistence", DEFAULT.get("persistence"))
-    if persist is not None and (isinstance(persist, bool) or not isinstance(persist, (int, float))
-                                or not 0 < persist <= 1):
-        raise ValueError(f"forecast['persistence'] must be a number in (0, 1] or None, got {persist!r}")
-    keep = forecast.get("keep_episodes", 0.0)
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 <= keep < 1:
-        raise ValueError(f"forecast['keep_episodes'] must be a number in [0, 1), got {keep!r}")
-    if not isinstance(forecast.get("shrink", False), bool):
-        raise ValueError(f"forecast['shrink'] must be True or False, got {forecast['shrink']!r}")
-    if "min_segment" in forecast:
-        check_int(forecast["min_segment"], "forecast['min_segment']")
-    return {**DEFAULT, **forecast}
+    merged = {**DEFAULT, **forecast}
+    check_options(merged, "forecast[{!r}]")
+    return merged
 
 
 def rebalance_experts(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["shares", "noise_scale", "change_scores", "change_points", "persistent_changes",
+from ._checks import as_hotness, check_int
+
+__all__ = ["check_options", "shares", "noise_scale", "change_scores", "change_points", "persistent_changes",
            "recency_weights", "forecast_scenarios", "DEFAULT"]
 
 # The options of flashlb.plan(forecast=True): the best of the variants measured on every regime
@@ -142,6 +144,27 @@ def recency_weights(start: torch.Tensor, live: torch.Tensor,
     return torch.where(tot > 0, w / torch.where(tot > 0, tot, torch.ones_like(tot)), w)
 
 
+def check_options(options: dict, label: str = "{}") -> None:
+    """Refuse option values :func:`forecast_scenarios` cannot use: one ValueError naming the
+    option (as ``label.format(name)``). Options absent from ``options`` are not checked."""
+    for key in ("change_threshold", "level_half_life", "scenario_half_life"):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                              or v == float("inf")):
+            raise ValueError(f"{label.format(key)} must be a finite number > 0 or None, got {v!r}")
+    persist = options.get("persistence")
+    if persist is not None and (isinstance(persist, bool) or not isinstance(persist, (int, float))
+                                or not 0 < persist <= 1):
+        raise ValueError(f"{label.format('persistence')} must be a number in (0, 1] or None, got {persist!r}")
+    keep = options.get("keep_episodes", 0.0)
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 <= keep < 1:
+        raise ValueError(f"{label.format('keep_episodes')} must be a number in [0, 1), got {keep!r}")
+    if not isinstance(options.get("shrink", False), bool):
+        raise ValueError(f"{label.format('shrink')} must be True or False, got {options['shrink']!r}")
+    if "min_segment" in options:
+        check_int(options["min_segment"], label.format("min_segment"))
+
+
 def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None = 4.0,
                        level_half_life: float | None = 4.0, shrink: bool = False,
                        keep_episodes: float = 0.0, min_segment: int = 2,
@@ -165,7 +188,10 @@ def forecast_scenarios(episodes: torch.Tensor, *, change_threshold: float | None
     expert), so every episode keeps serving as a sample of the noise; weights are equal over a
     layer's live episodes (decaying with age with ``scenario_half_life``).
     """
-    h = episodes.to(torch.float64)
+    check_options(dict(change_threshold=change_threshold, level_half_life=level_half_life, shrink=shrink,
+                       keep_episodes=keep_episodes, min_segment=min_segment, persistence=persistence,
+                       scenario_half_life=scenario_half_life))
+    h = as_hotness(episodes, "episodes").cpu()  # [T, L, N] float64, finite, >= 0
     T, L, N = h.shape
     s, live = shares(h)
     zero = torch.zeros(L, N, dtype=torch.int64)

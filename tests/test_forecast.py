@@ -149,3 +149,23 @@ def test_forecast_default_options_and_their_bad_values():
     with pytest.raises(ValueError, match="scenario_half_life"):
         flashlb.plan(h, 24, 4, forecast={"scenario_half_life": -1.0})
     flashlb.plan(h, 24, 4, forecast={"persistence": None, "scenario_half_life": None})
+
+
+def test_forecast_scenarios_checks_what_plan_checks():
+    """Called directly (it is public), forecast_scenarios refused nothing: persistence=0 was a
+    ZeroDivisionError, NaN loads came back as scenarios, keep_episodes=1 weighed the forecast
+    to nothing and a [T, N] input failed in tuple unpacking."""
+    h = _noisy(8, 2, 16, 6)
+    for options, name in (({"persistence": 0}, "persistence"), ({"keep_episodes": 1.0}, "keep_episodes"),
+                          ({"min_segment": 0}, "min_segment"), ({"change_threshold": float("nan")}, "change_threshold"),
+                          ({"level_half_life": -1.0}, "level_half_life"), ({"shrink": 1}, "shrink")):
+        with pytest.raises(ValueError, match=name):
+            forecast_scenarios(h, **options)
+    for bad in (h * float("nan"), -h, h[:, 0, 0], h.unsqueeze(0)):
+        with pytest.raises(ValueError, match="episodes"):
+            forecast_scenarios(bad)
+    with pytest.raises(TypeError, match="episodes"):
+        forecast_scenarios(h.tolist())
+    # integer counts are loads like any other
+    scen, _ = forecast_scenarios(h.round().to(torch.int64))
+    assert scen.dtype == torch.float64 and bool(torch.isfinite(scen).all())
