@@ -234,9 +234,17 @@ def test_balancer_bad_input():
                           (dict(refresh_penalty="4e-4"), "refresh_penalty"),
                           (dict(move_penalty="Auto"), "move_penalty"),
                           (dict(move_penalty=None), "move_penalty"),
+                          # a bool is no ratio (True was taken as a threshold of 1.0)
+                          (dict(threshold=True), "threshold"), (dict(degradation=True), "degradation"),
+                          (dict(min_gain=False), "min_gain"),
                           (dict(previous=p), "previous")):
         with pytest.raises(ValueError, match=match):
             Balancer(24, 4, **kwargs)
+    # numpy numbers are numbers (np.float32 was refused as "not a number >= 0")
+    import numpy as np
+
+    b = Balancer(24, 4, threshold=np.float32(1.25), degradation=np.float32(0.5), min_gain=np.float64(0.01))
+    assert (b.threshold, b.degradation, b.min_gain) == pytest.approx((1.25, 0.5, 0.01))
     with pytest.raises(ValueError, match="current must place"):
         Balancer(32, 4).step(torch.rand(2, 16), p)
     missing = p.phy2log.clone()

@@ -14,6 +14,7 @@ the cluster (:func:`default_prices`).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,7 @@ class Balancer:
         self.num_physical = check_int(num_physical, "num_physical")
         self.num_devices = check_int(num_devices, "num_devices")
         for name, v in (("threshold", threshold), ("degradation", degradation), ("min_gain", min_gain)):
-            if not isinstance(v, (int, float)) or v != v or v < 0:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v or v < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         if threshold < 1:
             raise ValueError(f"threshold must be >= 1 (a peak/avg ratio), got {threshold}")
