@@ -87,6 +87,11 @@ def _writable(path: Path, suffixes: tuple[str, ...]) -> Path:
         raise CliError(f"{path}: the output must end in {', '.join(suffixes)}")
     if not path.parent.is_dir():
         raise CliError(f"{path.parent}: no such directory")
+    # The output replaces a file; a directory, FIFO or device there is no file to replace.
+    if path.is_dir():
+        raise CliError(f"{path}: a directory, not a file")
+    if path.exists() and not path.is_file():
+        raise CliError(f"{path}: not a regular file (a FIFO or device); name a file")
     if not os.access(path.parent, os.W_OK):
         raise CliError(f"{path.parent}: not writable")
     return path

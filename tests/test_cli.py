@@ -118,6 +118,24 @@ def test_cli_refuses_meaningless_numbers_and_outputs_before_any_work(tmp_path, c
     assert not (tmp_path / "fig").exists()
 
 
+def test_plan_refuses_an_output_that_is_no_file_before_planning(tmp_path, loads_json, capsys):
+    """-o naming a directory failed only after the plan (as 'cannot write it'); -o naming a
+    FIFO replaced the FIFO with a regular file. Both are refused before any work."""
+    import os
+
+    (tmp_path / "dir.json").mkdir()
+    os.mkfifo(tmp_path / "fifo.json")
+    for name, message in (("dir.json", "directory"), ("fifo.json", "not a regular file")):
+        assert main(["plan", str(loads_json), "-d", "8", "-p", "48", "-o", str(tmp_path / name)]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == ""
+    assert (tmp_path / "dir.json").is_dir() and not (tmp_path / "fifo.json").is_file()
+    # a symlink to a regular file is a file (written as before)
+    (tmp_path / "real.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    assert main(["plan", str(loads_json), "-d", "8", "-p", "48", "-o", str(tmp_path / "link.json")]) == 0
+
+
 def test_simulate_a_regime_with_chosen_policies(capsys):
     assert main(["simulate", "--regime", "swaps", "--episodes", "24", "--layers", "2", "--experts", "16",
                  "-d", "4", "-p", "24", "--policies", "fresh,default"]) == 0
