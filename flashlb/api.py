@@ -202,7 +202,10 @@ def plan_workloads(workloads, num_physical: int, num_devices: int, *,
     if len(shapes) != 1:
         raise ValueError(f"workloads must share one [L, N] shape, got {sorted(shapes)}")
     if weights is not None:
-        weights = torch.as_tensor(weights, dtype=torch.float64)
+        try:
+            weights = torch.as_tensor(weights, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"weights must hold one number per workload ({len(scen)}), got {weights!r}") from None
         if weights.shape != (len(scen),):
             raise ValueError(f"weights must hold one number per workload ({len(scen)}), got "
                              f"shape {tuple(weights.shape)}")

@@ -1,5 +1,6 @@
 """Forecast of the next window: change points, levels, scenarios, and the plan hook."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +106,11 @@ def test_plan_workloads_plans_each_workload_as_a_scenario():
         flashlb.plan_workloads([a, b[:2]], 48, 8)
     with pytest.raises(ValueError, match="one number per workload"):
         flashlb.plan_workloads([a, b], 48, 8, weights=[1.0])
+    # weights that are not numbers are named (they were torch's "too many dimensions 'str'",
+    # "must be real number, not NoneType", "new(): invalid data type 'str'")
+    for bad in (["a", "b"], [None, 1.0], "ab", {"a": 1}, [1 + 2j, 1.0], np.array(["x", "y"])):
+        with pytest.raises((ValueError, TypeError), match="weights"):
+            flashlb.plan_workloads([a, b], 48, 8, weights=bad)
 
 
 def test_a_lasting_step_persists_and_a_fading_surge_does_not():
