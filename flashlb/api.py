@@ -8,7 +8,7 @@ import inspect
 import torch
 
 from ._checks import (MAX_SECONDS, as_hotness, check_budget, check_groups, check_int, check_memory, check_number,
-                      check_seed, check_sizes, scaled_to_max)
+                      check_seed, check_sizes, check_tensor, scaled_to_max)
 from .placement import Placement
 from .solvers.greedy import greedy_global, greedy_hierarchical
 
@@ -135,6 +135,9 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     if weights is not None:
         if not isinstance(weights, torch.Tensor):
             raise TypeError("weights must be a torch.Tensor of shape [T]")
+        check_tensor(weights, "weights")
+        if weights.is_complex():
+            raise ValueError(f"weights must be real numbers, got {weights.dtype}")
         weights = weights.detach().cpu().to(torch.float64)
         if weights.shape != (T,) or not bool(torch.isfinite(weights).all()) \
                 or bool((weights < 0).any()) or not float(weights.sum()) > 0:

@@ -75,6 +75,8 @@ def _episode_mean(ratio: torch.Tensor, live: torch.Tensor, weights) -> torch.Ten
     else:
         if isinstance(weights, torch.Tensor):
             check_tensor(weights, "weights")
+            if weights.is_complex():
+                raise ValueError(f"weights must be real numbers, got {weights.dtype}")
         try:
             w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1).cpu()
         except (TypeError, ValueError, RuntimeError):

@@ -396,6 +396,14 @@ def test_api_raises_only_value_or_type_errors():
             plan(x, 16, 4)
     with pytest.raises(TypeError):
         plan([[1.0] * 8], 16, 4)
+    # episode weights without data, sparse, or complex (whose imaginary part was dropped)
+    h3 = torch.rand(3, 2, 8, generator=g, dtype=torch.float64)
+    p3 = plan(h3, 16, 4)
+    for w in (torch.ones(3, device="meta"), torch.ones(3).to_sparse(), torch.tensor([1 + 5j, 1, 1])):
+        with pytest.raises(ValueError, match="weights"):
+            plan(h3, 16, 4, weights=w)
+        with pytest.raises(ValueError, match="weights"):
+            metrics.balance_ratio(p3, h3, weights=w)
     for kw in (dict(algorithm=["flashlb"]), dict(num_nodes=0), dict(num_groups=3), dict(hierarchical="yes"),
                dict(seed=2**64), dict(algorithm="default", seed=0, previous=None, time_budget=float("inf"))):
         with pytest.raises(ValueError):
