@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -75,6 +76,20 @@ def test_accumulate_bad_input_leaves_buffer_untouched(hotness, topk, layer, err,
     with pytest.raises(err, match=message):
         ops.accumulate_hotness(hotness, topk, layer)
     assert torch.equal(hotness, before)
+
+
+def test_accumulate_wrong_python_types_are_type_errors_naming_the_argument():
+    """A list or array of ids, or a float or bool layer, reached the dispatcher: a RuntimeError
+    for the first ones, and layer=True silently counted into layer 1."""
+    h = torch.zeros(2, 4, dtype=torch.int32)
+    for args, name in (((h, [[1, 2]], 0), "topk_ids"), ((h, np.array([[1, 2]]), 0), "topk_ids"),
+                       ((h.tolist(), torch.tensor([[1]]), 0), "hotness"),
+                       ((h, torch.tensor([[1]]), 1.0), "layer"), ((h, torch.tensor([[1]]), True), "layer")):
+        with pytest.raises(TypeError, match=name):
+            ops.accumulate_hotness(*args)
+    assert h.eq(0).all()
+    ops.accumulate_hotness(h, torch.tensor([[1]]), np.int64(1))  # numpy ints are ints
+    assert h[1, 1] == 1
 
 
 def test_bad_id_after_good_ones_writes_nothing():

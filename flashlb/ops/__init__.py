@@ -221,6 +221,12 @@ def accumulate_hotness(hotness: torch.Tensor, topk_ids: torch.Tensor, layer: int
     Integer counts saturate at their dtype's largest value. ``check_ids`` (default: the
     ``set_debug_checks`` setting) refuses ids >= N on accelerators too; the CPU always does.
     """
+    # Python types only (no tensor data is read here): the hot path stays free of syncs.
+    for name, t in (("hotness", hotness), ("topk_ids", topk_ids)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"accumulate_hotness: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if isinstance(layer, (bool, float)):
+        raise TypeError(f"accumulate_hotness: layer must be an int, got {layer!r}")
     torch.ops.flashlb.accumulate_hotness(hotness, topk_ids, layer, _debug if check_ids is None else bool(check_ids))
 
 
