@@ -199,6 +199,29 @@ def test_synthetic_traces_refuse_absurd_sizes_and_seeds_at_once():
     assert out.strip() == "ok"
 
 
+def test_search_operator_refuses_sizes_no_machine_holds_at_once():
+    """torch.ops.flashlb.joint_search on a 1 x 1 x 1 load with num_devices=2**28 ran 27 s into
+    a MemoryError, and with 2**40 failed in torch's allocator: sizes whose arrays cannot fit
+    are one ValueError, before anything is allocated."""
+    out = isolated("""
+        import time, torch, flashlb
+        js = torch.ops.flashlb.joint_search
+        w, ew = torch.ones(1, 1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
+        for D, S in ((2**28, 1), (2**40, 1), (1, 2**40), (2**31, 2**31)):
+            t = time.perf_counter()
+            for start in (dict(counts=torch.tensor([[D * S]])), dict(init_slots=torch.zeros(1, 0, dtype=torch.int64))):
+                try:
+                    js(w, ew, num_devices=D, slots_per_device=S, **start)
+                except ValueError as exc:
+                    assert "joint_search" in str(exc), exc
+                else:
+                    raise AssertionError(f"accepted D={D}, S={S}")
+            assert time.perf_counter() - t < 5, (D, S)
+        print("ok")
+    """, timeout=60)
+    assert out.strip() == "ok"
+
+
 # --------------------------------------------------------------------------- special and damaged files
 FILES_CHILD = """
     import json, os, sys, time, torch, flashlb

@@ -11,6 +11,8 @@
 #include <vector>
 #include <tuple>
 
+#include <unistd.h>
+
 #include "../solver/assignment.h"
 #include "../solver/joint_search.h"
 
@@ -44,6 +46,20 @@ std::tuple<Tensor, Tensor, Tensor> joint_search_cpu(
   int64_t P = 0;
   TORCH_CHECK_VALUE(!__builtin_mul_overflow(num_devices, slots_per_device, &P),
                     "joint_search: num_devices * slots_per_device overflows int64");
+  // Sizes whose arrays cannot fit are refused before anything is allocated (as flashlb.plan
+  // refuses them): the outputs, and per worker the search's state - per-device expert flags
+  // (D * N, and as many for an anchor), per-slot and per-device loads of every episode.
+  {
+    const double d = static_cast<double>(num_devices), p = static_cast<double>(P);
+    const double t = static_cast<double>(T), n = static_cast<double>(N);
+    const double workers = static_cast<double>(std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads())));
+    const double need = static_cast<double>(B) * 8.0 * (p + n + 3.0) +
+                        (B > 0 ? workers * (2.0 * d * n + 16.0 * p * t + 16.0 * d * t + 48.0 * p + 24.0 * n) : 0.0);
+    const double memory = static_cast<double>(sysconf(_SC_PAGE_SIZE)) * static_cast<double>(sysconf(_SC_PHYS_PAGES));
+    TORCH_CHECK_VALUE(need <= memory / 2, "joint_search: ", num_devices, " devices x ", slots_per_device,
+                      " slots for ", N, " experts need about ", need / 1073741824.0,
+                      " GiB, more than this machine can hold");
+  }
   check_rows(loads, "loads", at::kDouble, 3, B);
   check_rows(episode_weights, "episode_weights", at::kDouble, 2, B);
   TORCH_CHECK_VALUE(episode_weights.size(1) == T, "joint_search: episode_weights must be [B, T]");
