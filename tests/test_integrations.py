@@ -97,6 +97,13 @@ def test_preserve_intragpu_slots_keeps_staying_experts_in_their_slots(ranks, slo
     assert isinstance(t, torch.Tensor) and torch.equal(t, torch.from_numpy(post))
 
 
+def test_preserve_intragpu_slots_names_maps_that_are_not_l_by_p():
+    """A [P] or [L, D, S] map was Python's 'not enough values to unpack'."""
+    for new, old in ((np.arange(4), np.arange(4)), (np.zeros((2, 2, 4), dtype=np.int64),) * 2):
+        with pytest.raises(ValueError, match=r"\[L, P\]"):
+            vllm.preserve_intragpu_slots(new, 2, old)
+
+
 def test_vllm_register_needs_vllm():
     try:
         import vllm as _  # noqa: F401

@@ -163,6 +163,8 @@ def preserve_intragpu_slots(phy2log, num_ranks: int, old_phy2log):
     as_numpy = isinstance(phy2log, np.ndarray)
     new = np.asarray(phy2log.cpu() if isinstance(phy2log, torch.Tensor) else phy2log)
     old = np.asarray(old_phy2log.cpu() if isinstance(old_phy2log, torch.Tensor) else old_phy2log)
+    if new.ndim != 2:
+        raise ValueError(f"phy2log must be an [L, P] map, got shape {new.shape}")
     if new.shape != old.shape or num_ranks <= 0 or new.shape[-1] % num_ranks:
         return phy2log
     L, P = new.shape
