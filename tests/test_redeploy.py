@@ -267,6 +267,18 @@ def test_simulate_reports_every_policy():
         flashlb.simulate(tr[:30], 48, 8, episode_len=8, cycle=3, window=3)
 
 
+def test_simulate_refuses_plan_options_it_sets_per_decision():
+    """previous= made the 'previous' policy a TypeError ('multiple values') and silently
+    re-anchored 'fresh' and 'clairvoyant'; algorithm='default' silently turned 'fresh' into
+    the greedy. Options simulate sets per decision are refused up front, by name."""
+    tr = drifting_trace(12, 1, 8, tokens_per_episode=256, seed=1)
+    p = flashlb.plan(tr[:4], 16, 4)
+    for key, value in (("previous", p), ("weights", torch.ones(4)), ("max_moves", 3), ("algorithm", "default")):
+        for policy in ("previous", "fresh", "clairvoyant"):
+            with pytest.raises(ValueError, match=key):
+                flashlb.simulate(tr, 16, 4, cycle=2, window=4, policies=(policy,), **{key: value})
+
+
 def test_hierarchical_plans_stay_hierarchical_near_a_previous_placement():
     g = torch.Generator().manual_seed(6)
     h1, h2 = torch.rand(2, 3, 32, generator=g, dtype=torch.float64)

@@ -17,7 +17,7 @@ import torch
 
 from .. import metrics
 from .._checks import as_hotness, check_int, check_sizes
-from ..api import plan
+from ..api import check_plan_options, plan
 from ..placement import Placement
 from ..align import align_to
 from .balancer import Balancer
@@ -95,6 +95,10 @@ def simulate(trace: torch.Tensor, num_physical: int, num_devices: int, *, episod
     E = check_int(episode_len, "episode_len")
     C = check_int(cycle, "cycle")
     W = check_int(window, "window")
+    for key in ("previous", "weights", "max_moves", "algorithm"):
+        if key in plan_options:  # each policy decides these itself, decision by decision
+            raise ValueError(f"simulate sets {key!r} per policy and decision; it is not a plan option here")
+    check_plan_options(plan_options, "simulate")
     if isinstance(policies, str):
         policies = (policies,)
     unknown = sorted(set(policies) - set(POLICIES))
