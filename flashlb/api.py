@@ -88,7 +88,9 @@ def plan(hotness: torch.Tensor, num_physical: int, num_devices: int, *,
     layer_penalty: with ``previous``, the fixed price (peak/avg units) of re-placing a layer at
     all, paid once by each layer that moves a slot: gains below it are left alone (0: none).
     max_moves: at most this many slots changed in all (needs ``previous``), spent on the
-    layers where they gain most.
+    layers where they gain most. A layer of ``previous`` that holds an expert twice on one
+    device takes the fresh plan whatever it moves (repairs are outside the budget; the rest
+    of the budget goes to the other layers).
     forecast: plan on scenarios of the next window (FlashLB, several episodes): True uses
     ``flashlb.forecast.DEFAULT``, a dict gives :func:`flashlb.forecast.forecast_scenarios`
     options; False (the default, by measurement: see bench/serving.py) plans on the episodes.

@@ -185,6 +185,9 @@ def cmd_plan(args) -> int:
 
     # Several files: each is one workload, a scenario of the objective (flashlb.plan_workloads).
     files = args.loads
+    if args.weights is not None and len(files) == 1:
+        raise CliError("--weights weighs several LOADS files against each other; with one file "
+                       "there is nothing to weigh")
     if args.weights is not None and len(args.weights) != len(files):
         raise CliError(f"--weights needs one weight per LOADS file ({len(files)}), got {len(args.weights)}")
     loaded = [_read_loads(f, args.episode_len) for f in files]
@@ -332,8 +335,9 @@ def _plot_simulation(res, out: Path) -> Path:
 def cmd_report(args) -> int:
     from . import metrics, plan
 
-    if args.cycle_len is not None and args.cycle_len < 1:
-        raise CliError(f"--cycle-len must be >= 1 (steps), got {args.cycle_len}")
+    if args.cycle_len is not None and (args.cycle_len < 16 or args.cycle_len % 16):
+        # the replay cuts the steps into 16-step episodes and decides every cycle of them
+        raise CliError(f"--cycle-len must be a positive multiple of 16 (steps), got {args.cycle_len}")
     h, live = _read_loads(args.loads, args.episode_len)
     out = _out_dir(args.out)
     plt = _plt()
@@ -382,7 +386,7 @@ def cmd_report(args) -> int:
         raw, raw_live = _read_loads(args.loads)
         try:
             with _Progress("simulating") as prog:
-                cycle = max(1, args.cycle_len // 16)  # --cycle-len steps in 16-step episodes
+                cycle = args.cycle_len // 16  # --cycle-len steps in 16-step episodes
                 res = simulate(raw[:, torch.tensor(raw_live)], args.physical, args.devices, episode_len=16,
                                cycle=cycle, window=2 * cycle, progress=prog.update)
         except ValueError as exc:
@@ -503,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("loads", help=loads_help)
     sizes(q)
     q.add_argument("--episode-len", type=int, default=None, help="cut a per-step file into episodes")
-    q.add_argument("--cycle-len", type=int, default=None, help="also replay the file as a per-step trace")
+    q.add_argument("--cycle-len", type=int, default=None,
+                   help="also replay the file as a per-step trace, deciding every this many steps "
+                        "(a multiple of 16)")
     q.add_argument("--out", required=True, help="folder for the figures")
     q.set_defaults(func=cmd_report)
 

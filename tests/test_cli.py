@@ -100,6 +100,8 @@ def test_simulate_and_report(tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["report", "--cycle-len", "0"], "--cycle-len"),  # was no replay, silently
     (["report", "--cycle-len", "-5"], "--cycle-len"),  # was a replay of one 16-step episode per cycle
+    (["report", "--cycle-len", "5"], "--cycle-len"),  # was replayed as 16-step cycles, silently
+    (["report", "--cycle-len", "40"], "--cycle-len"),  # was replayed as 32-step cycles, silently
     (["simulate", "--expert-bytes", "-5"], "--expert-bytes"),  # was "-0.00 GB moved"
     (["simulate", "--out", "FILE"], "cannot create the folder"),  # was found out after the simulation
 ])
@@ -167,6 +169,10 @@ def test_plan_several_workloads_together(tmp_path, capsys):
     capsys.readouterr()
     assert main(["plan", *map(str, files), "-d", "4", "-p", "40", "--weights", "1", "-o", str(out)]) == 2
     assert "--weights" in capsys.readouterr().err
+    # one file has nothing to weigh: the weights were ignored, whatever they were
+    assert main(["plan", str(files[0]), "-d", "4", "-p", "40", "--weights", "nan", "-o",
+                 str(tmp_path / "one.json")]) == 2
+    assert "nothing to weigh" in capsys.readouterr().err and not (tmp_path / "one.json").exists()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"logical_count": torch.rand(2, 32).tolist()}))
     assert main(["plan", str(files[0]), str(bad), "-d", "4", "-p", "40", "-o", str(out)]) == 2

@@ -105,10 +105,10 @@ class Balancer:
     "auto": the defaults' ratio to the move price in use (4.7e-4 / 1.2e-3 of it), so with
     "auto" for both the pair of :func:`default_prices`; None: ``move_penalty``. layer_penalty: the
     fixed price of re-placing a layer at all, paid once per layer that moves.
-    max_moves_per_cycle / max_bytes_per_cycle: at
-    most this many slots, or weight bytes (needs ``expert_bytes``), changed per cycle in all,
-    spent where the gain per move is largest across layers (None: no cap). threshold:
-    re-plan a layer whose per-episode peak/avg exceeds it. degradation: or whose ratio grew
+    max_moves_per_cycle / max_bytes_per_cycle: at most this many slots, or weight bytes (needs
+    ``expert_bytes``), changed per cycle in all, spent where the gain per move is largest across
+    layers (None: no cap); a layer in service that holds an expert twice on one device is
+    repaired outside the cap (see :func:`flashlb.plan`). threshold: re-plan a layer whose per-episode peak/avg exceeds it. degradation: or whose ratio grew
     by this fraction over its reference (the first window after its last placement).
     min_gain: keep a re-placed layer only if it lowers the window's ratio by at least this
     (0: keep whatever the plan chose; it has priced every move already).
