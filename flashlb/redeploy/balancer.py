@@ -108,8 +108,9 @@ class Balancer:
     max_moves_per_cycle / max_bytes_per_cycle: at most this many slots, or weight bytes (needs
     ``expert_bytes``), changed per cycle in all, spent where the gain per move is largest across
     layers (None: no cap); a layer in service that holds an expert twice on one device is
-    repaired outside the cap (see :func:`flashlb.plan`). threshold: re-plan a layer whose per-episode peak/avg exceeds it. degradation: or whose ratio grew
-    by this fraction over its reference (the first window after its last placement).
+    repaired outside the cap (see :func:`flashlb.plan`). threshold: re-plan a layer whose
+    per-episode peak/avg exceeds it. degradation: or whose ratio grew by this fraction over
+    its reference (the first window after its last placement).
     min_gain: keep a re-placed layer only if it lowers the window's ratio by at least this
     (0: keep whatever the plan chose; it has priced every move already).
     max_layers_per_cycle: cap per cycle (None: no cap), most gain first. expert_bytes:
