@@ -103,50 +103,43 @@ def synthetic(repeats):
         print(f"  {P:>5}/{D:<4} {a[0]:8.4f} {a[1]:8.4f} {100 * closer:6.1f}% | {a[2]:8.4f} {a[3]:8.4f} {a[4]:8.4f}")
 
 
-def real():
+def _real_files():
+    """[(name, [L, N] loads of the MoE layers)] of the shared statistics; [] when absent."""
     files = sorted(DATA.glob("*.json")) if DATA.is_dir() else []
-    if not files:
+    out = []
+    for path in files:
+        h = torch.tensor(json.loads(path.read_text())["logical_count"], dtype=torch.float64)
+        out.append((path.name, h[h.sum(-1) > 0]))
+    return out
+
+
+def _default_against_flashlb(loads, P, D, **options) -> str:
+    """Mean peak/avg and time per file of the default greedy and flashlb, as one line."""
+    g_r, f_r, t_g, t_f = [], [], 0.0, 0.0
+    for _, h in loads:
+        g, dt = timed(flashlb.plan, h, P, D, algorithm="default", **options)
+        t_g += dt
+        f, dt = timed(flashlb.plan, h, P, D, **options)
+        t_f += dt
+        g_r.append(metrics.balance_ratio(g, h).mean().item())
+        f_r.append(metrics.balance_ratio(f, h).mean().item())
+    n = len(loads)
+    return (f"default {sum(g_r) / n:.5f}  flashlb {sum(f_r) / n:.5f}  "
+            f"(per file: default {1000 * t_g / n:.0f} ms, flashlb {1000 * t_f / n:.0f} ms)")
+
+
+def real():
+    loads = _real_files()
+    if not loads:
         print("real statistics: ../shared/data not present, skipped")
         return
-    print(f"real DeepSeek-V3 statistics ({len(files)} files, 58 MoE layers each), mean peak/avg:")
+    print(f"real DeepSeek-V3 statistics ({len(loads)} files, 58 MoE layers each), mean peak/avg:")
     for P, D in ((288, 32), (320, 64)):
-        g_r, f_r, t_g, t_f = [], [], 0.0, 0.0
-        for path in files:
-            h = torch.tensor(json.loads(path.read_text())["logical_count"], dtype=torch.float64)
-            h = h[h.sum(-1) > 0]
-            g, dt = timed(flashlb.plan, h, P, D, algorithm="default")
-            t_g += dt
-            f, dt = timed(flashlb.plan, h, P, D)
-            t_f += dt
-            g_r.append(metrics.balance_ratio(g, h).mean().item())
-            f_r.append(metrics.balance_ratio(f, h).mean().item())
-        n = len(files)
-        print(f"  {P}/{D}: default {sum(g_r) / n:.5f}  flashlb {sum(f_r) / n:.5f}  "
-              f"(per file: default {1000 * t_g / n:.0f} ms, flashlb {1000 * t_f / n:.0f} ms)")
-
-
-def hierarchical():
-    """Group-limited (DeepSeek-V3: 8 groups) plans on the real statistics, one window each."""
-    files = sorted(DATA.glob("*.json")) if DATA.is_dir() else []
-    if not files:
-        print("hierarchical: ../shared/data not present, skipped")
-        return
-    print(f"hierarchical plans (8 expert groups packed onto nodes), real statistics, "
-          f"{len(files)} files, mean peak/avg:")
+        print(f"  {P}/{D}: " + _default_against_flashlb(loads, P, D))
+    # Group-limited plans (DeepSeek-V3: 8 groups) packed onto nodes, then placed per node.
+    print("hierarchical plans (8 expert groups packed onto nodes), same files, mean peak/avg:")
     for P, D, M in ((288, 32, 4), (320, 64, 8)):
-        g_r, f_r, t_g, t_f = [], [], 0.0, 0.0
-        for path in files:
-            h = torch.tensor(json.loads(path.read_text())["logical_count"], dtype=torch.float64)
-            h = h[h.sum(-1) > 0]
-            g, dt = timed(flashlb.plan, h, P, D, num_groups=8, num_nodes=M, algorithm="default")
-            t_g += dt
-            f, dt = timed(flashlb.plan, h, P, D, num_groups=8, num_nodes=M)
-            t_f += dt
-            g_r.append(metrics.balance_ratio(g, h).mean().item())
-            f_r.append(metrics.balance_ratio(f, h).mean().item())
-        n = len(files)
-        print(f"  {P}/{D}, {M} nodes: default {sum(g_r) / n:.5f}  flashlb {sum(f_r) / n:.5f}  "
-              f"(per file: default {1000 * t_g / n:.0f} ms, flashlb {1000 * t_f / n:.0f} ms)")
+        print(f"  {P}/{D}, {M} nodes: " + _default_against_flashlb(loads, P, D, num_groups=8, num_nodes=M))
 
 
 # (name, layers, experts, slots, devices) of MoE models with fewer, smaller layers
@@ -211,7 +204,6 @@ def main():
     small_gaps(100 if args.quick else 1000)
     synthetic(1 if args.quick else 3)
     real()
-    hierarchical()
     other_models()
     speed()
     episodes_scaling()
