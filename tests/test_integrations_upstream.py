@@ -1,13 +1,15 @@
 """The adapters run through the real upstream modules of vLLM 0.33.0, SGLang 0.5.23 and
-vllm-ascend (main).
+vllm-ascend 0.23.0 (with the vLLM it is built for, 0.23.0).
 
-build.sh installs the vLLM and SGLang wheels without their dependencies into
-``.venv/upstream`` (override: FLASHLB_UPSTREAM), with the few light libraries their modules
-import. vllm-ascend is not on the registry: its sources are read from
-``~/.cache/flashlb/vllm-ascend`` or ``<nearest ancestor>/cache/vllm-ascend`` (override:
-FLASHLB_VLLM_ASCEND_SRC), and vLLM's ``tests/distributed/test_eplb_algo.py`` from
-``.../vllm-tests`` beside it (FLASHLB_VLLM_TESTS);
-tests that need what is absent skip with one line.
+build.sh installs the wheels without their dependencies, with the few light libraries their
+modules import: vLLM and SGLang into ``.venv/upstream`` (override: FLASHLB_UPSTREAM),
+vllm-ascend and its vLLM into ``.venv/upstream-ascend`` (override: FLASHLB_UPSTREAM_ASCEND).
+vllm-ascend's newest release, 0.23.0.post1, is an sdist only (its build needs CANN); its Python
+code, EPLB included, is the 0.23.0 wheel's. FLASHLB_VLLM_ASCEND_SRC, a folder holding
+``vllm_ascend/`` (e.g. a checkout of its main branch), runs the vllm-ascend test on those sources
+instead of the release's, with the release's vLLM. vLLM's ``tests/distributed/test_eplb_algo.py``
+is read from ``~/.cache/flashlb/vllm-tests`` or ``<nearest ancestor>/cache/vllm-tests``
+(override: FLASHLB_VLLM_TESTS). Tests that need what is absent skip with one line.
 
 Each check runs in its own interpreter, so upstream imports and the patches under test never
 reach other tests. Stand-in modules are injected only for imports the code under test does
@@ -40,7 +42,8 @@ def _cache_dir(env: str, name: str) -> Path | None:
 
 
 UPSTREAM = Path(os.environ.get("FLASHLB_UPSTREAM", REPO / ".venv" / "upstream"))
-ASCEND_SRC = _cache_dir("FLASHLB_VLLM_ASCEND_SRC", "vllm-ascend")
+UPSTREAM_ASCEND = Path(os.environ.get("FLASHLB_UPSTREAM_ASCEND", REPO / ".venv" / "upstream-ascend"))
+ASCEND_SRC = Path(os.environ["FLASHLB_VLLM_ASCEND_SRC"]) if os.environ.get("FLASHLB_VLLM_ASCEND_SRC") else None
 VLLM_TESTS = _cache_dir("FLASHLB_VLLM_TESTS", "vllm-tests")
 
 # module -> why a stand-in is enough (nothing the code under test calls comes from it)
@@ -60,7 +63,16 @@ STANDINS = {
         "aiohttp": "HTTP serving",
         "IPython": "notebook helpers",
     },
+    # with vLLM 0.23.0, whose config also reads the installed transformers' version (so
+    # build.sh installs it, for its metadata)
     "vllm_ascend": {
+        "vllm.distributed.stateless_coordinator": "GPU communicators",
+        "transformers": "model and tokenizer loading",
+        "huggingface_hub": "model downloads",
+        "gguf": "GGUF model files",
+        "aiohttp": "HTTP serving",
+        "openai": "OpenAI-compatible server types",
+        "openai_harmony": "chat format of the OpenAI server",
         "torch_npu": "the NPU runtime",
         # imported at module level by the policies flashlb replaces (types 2 and 3)
         "numba": "compiles the replaced type-3 policy",
@@ -119,12 +131,14 @@ sys.meta_path.insert(0, _StandIns(STANDIN_NAMES))
 
 
 def _need(stack: str) -> None:
-    marker = {"vllm": "vllm/distributed/eplb/policy/abstract.py",
-              "sglang": "sglang/srt/eplb/expert_location.py"}
-    if stack in marker and not (UPSTREAM / marker[stack]).exists():
-        pytest.skip(f"{stack} wheel not installed in {UPSTREAM} (build.sh installs it when the registry is reachable)")
-    if stack == "vllm_ascend" and ASCEND_SRC is None:
-        pytest.skip("no vllm-ascend sources (cache/vllm-ascend); it is not on the package registry")
+    marker = {"vllm": (UPSTREAM, "vllm/distributed/eplb/policy/abstract.py"),
+              "sglang": (UPSTREAM, "sglang/srt/eplb/expert_location.py"),
+              "vllm_ascend": (UPSTREAM_ASCEND, "vllm_ascend/eplb/core/policy/policy_factory.py")}
+    folder, path = marker[stack]
+    if not (folder / path).exists():
+        pytest.skip(f"{stack} wheel not installed in {folder} (build.sh installs it when the registry is reachable)")
+    if stack == "vllm_ascend" and ASCEND_SRC is not None and not (ASCEND_SRC / path).exists():
+        pytest.skip(f"FLASHLB_VLLM_ASCEND_SRC={ASCEND_SRC} holds no {path}")
 
 
 def run_upstream(stacks: list[str], body: str, args: list[str] | None = None, timeout: int = 600,
@@ -134,7 +148,11 @@ def run_upstream(stacks: list[str], body: str, args: list[str] | None = None, ti
     for s in stacks:
         _need(s)
     names = sorted({n for s in stacks for n in STANDINS[s]})
-    paths = [str(REPO), str(UPSTREAM)] + ([str(ASCEND_SRC)] if "vllm_ascend" in stacks else [])
+    if "vllm_ascend" in stacks:  # vllm-ascend runs with the vLLM it is built for, not with 0.33
+        assert stacks == ["vllm_ascend"], "vllm-ascend brings its own vLLM"
+        paths = [str(REPO)] + ([str(ASCEND_SRC)] if ASCEND_SRC else []) + [str(UPSTREAM_ASCEND)]
+    else:
+        paths = [str(REPO), str(UPSTREAM)]
     script = (f"STANDIN_NAMES = {names!r}\n" + PRELUDE + textwrap.dedent(context) + "\n"
               + textwrap.dedent(body))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), VLLM_LOGGING_LEVEL="ERROR",
@@ -440,9 +458,15 @@ def test_sglang_dispatch_reaches_flashlb_after_install(tmp_path):
 # --------------------------------------------------------------------------- vllm-ascend
 
 def test_vllm_ascend_factory_serves_slot_3_and_worker_accepts_tables():
-    out = run_upstream(["vllm", "vllm_ascend"], '''
-        import os
+    """The release's factory, worker and maps with the vLLM it is built for; the one plugin
+    also registers the vLLM policy there (a vllm-ascend deployment loads the same entry point)."""
+    out = run_upstream(["vllm_ascend"], '''
+        import os, sys
+        from pathlib import Path
         import torch
+        import vllm, vllm_ascend
+        assert vllm.__version__ == "0.23.0", vllm.__version__
+        assert Path(vllm_ascend.__file__).parent.parent == Path(sys.argv[1]), vllm_ascend.__file__
         os.environ["FLASHLB_VLLM_ASCEND"] = "1"
         os.environ["FLASHLB_BALANCER_OPTIONS"] = '{"threshold": 1.01, "max_layers_per_cycle": 2}'
         from vllm_ascend.eplb.core.policy import policy_factory as pf
@@ -455,6 +479,10 @@ def test_vllm_ascend_factory_serves_slot_3_and_worker_accepts_tables():
         warmed = []
         policy_flashlb.warm_up = pf.warm_up = lambda: warmed.append(1)
         fv.plugin()                                     # what vLLM's plugin loader calls
+        from vllm.distributed.eplb.policy import EPLB_POLICIES
+        from vllm.config.parallel import EPLBConfig
+        assert EPLB_POLICIES["flashlb"] is fv.FlashLBEplbPolicy      # vLLM 0.23: phy2log only
+        assert EPLBConfig(policy="flashlb", use_async=False).policy == "flashlb"
         policy = pf.PolicyFactory.generate_policy(3)
         assert isinstance(policy, fa.FlashLBPolicy) and not warmed
         assert policy.balancer_options == {"threshold": 1.01, "max_layers_per_cycle": 2}
@@ -486,6 +514,22 @@ def test_vllm_ascend_factory_serves_slot_3_and_worker_accepts_tables():
         infos = list(worker.compose_expert_update_info_greedy(new_maps, expert_maps))
         moved = sum(len(v) for send, recv, _, _ in infos for v in recv.values())
         assert moved == int((new != old_placement).sum())
+
+        # the worker's whole cycle, as its process runs it: fetch, rebalance, check, new maps,
+        # transfers and log2phy packed for this rank, hotness figures before and after
+        shared = {"expert_maps": expert_maps.clone(), "moe_load": workload}
+        cycle = ew.EplbWorker(shared, 3, tp_size=1)
+        packed = cycle.do_update()
+        assert len(packed) == L and [p[4] for p in packed] == list(range(L))
+        applied = cycle.global2local(shared["expert_maps"], S)
+        Placement.from_device_view(applied, N).validate()
+        assert torch.equal(applied, new)                # the same balancer decision, applied whole
+        h = cycle.latest_expert_hotness
+        assert h["update_max"] < h["current_max"], h
+        for send, recv, slots, log2phy, layer in packed:
+            assert slots == shared["expert_maps"][layer][0].tolist()
+            assert len(log2phy) == N and all(0 <= x < D * S for x in log2phy)
+            assert all(applied[layer].flatten()[x] == e for e, x in enumerate(log2phy))
         print("ok")
-    ''')
+    ''', [str(ASCEND_SRC or UPSTREAM_ASCEND)])
     assert "ok" in out
