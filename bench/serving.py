@@ -15,7 +15,7 @@ Balancer's prices across cluster shapes; and workloads planned together (real De
 statistics in ../shared/data, leave one out).
 
 The column vllm-ascend-flashlb is the public FlashLB policy of vllm-ascend in its own update
-loop (bench/upstream_flashlb.py); it runs only where numba, scipy and the vllm-ascend sources
+loop (bench/upstream_flashlb.py); it runs only where numba, scipy and the vllm-ascend policy
 are found, and is skipped with one line otherwise.
 """
 

@@ -3,11 +3,11 @@
     python bench/upstream_flashlb.py [--regime swaps] [--seed 101] [--cycles 18] [--layers 58]
                                      [--apply worker|priority]
 
-vllm-ascend is not on the package registry: its sources are read from
-``~/.cache/flashlb/vllm-ascend`` or ``<nearest ancestor>/cache/vllm-ascend`` (override:
-FLASHLB_VLLM_ASCEND_SRC), as the upstream tests find them. The policy imports numba and scipy,
-which are not flashlb dependencies: without them (or without the sources) :func:`unavailable`
-says why and the serving benchmark skips this column.
+The policy is read from the vllm-ascend release that ``build.sh --test`` installs into
+``.venv/upstream-ascend`` (override: FLASHLB_UPSTREAM_ASCEND), or from the folder holding
+``vllm_ascend/`` named by FLASHLB_VLLM_ASCEND_SRC, as the upstream tests find it. The policy
+imports numba and scipy, which are not flashlb dependencies: without them (or without the
+policy's code) :func:`unavailable` says why and the serving benchmark skips this column.
 
 The loop is vllm-ascend's (``EplbWorker.do_update``): each cycle the policy gets the placement
 in service ``[L, D, S]`` and, per stage, the load of every physical slot ``[W, L, D, S]``; a
@@ -52,22 +52,19 @@ APPLY = ("worker", "priority")
 
 
 def find_source() -> Path | None:
-    """The vllm-ascend checkout (the folder holding ``vllm_ascend/``), or None."""
-    if os.environ.get("FLASHLB_VLLM_ASCEND_SRC"):
-        p = Path(os.environ["FLASHLB_VLLM_ASCEND_SRC"])
-        return p if p.exists() else None
-    for p in [Path.home() / ".cache" / "flashlb" / "vllm-ascend"] + [d / "cache" / "vllm-ascend" for d in REPO.parents]:
-        if p.exists():
-            return p
-    return None
+    """The folder holding ``vllm_ascend/`` (sources named by FLASHLB_VLLM_ASCEND_SRC, else the
+    installed release), or None."""
+    p = Path(os.environ.get("FLASHLB_VLLM_ASCEND_SRC")
+             or os.environ.get("FLASHLB_UPSTREAM_ASCEND", REPO / ".venv" / "upstream-ascend"))
+    return p if p.exists() else None
 
 
 def unavailable() -> str | None:
     """Why the upstream policy cannot run here, or None when it can."""
     src = find_source()
     if src is None or not (src / (MODULE.replace(".", "/") + ".py")).exists():
-        return ("no vllm-ascend sources (set FLASHLB_VLLM_ASCEND_SRC or fetch them to "
-                "~/.cache/flashlb/vllm-ascend)")
+        return ("no vllm-ascend policy code (build.sh --test installs the release, or set "
+                "FLASHLB_VLLM_ASCEND_SRC)")
     missing = [m for m in ("numba", "scipy") if importlib.util.find_spec(m) is None]
     if missing:
         return f"{' and '.join(missing)} not installed (the upstream policy needs them; flashlb does not)"

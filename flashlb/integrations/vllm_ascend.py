@@ -1,4 +1,5 @@
-"""vllm-ascend: a dynamic-EPLB policy with the contract of its policy factory.
+"""vllm-ascend: a dynamic-EPLB policy with the contract of its policy factory (the same in
+the 0.23.0.post1 release and on main).
 
 ``rebalance_experts(current_expert_table [L, D, S], expert_workload [stages, L, D, S] or
 [L, D, S])`` -> ``(changed, priority_layers, new_expert_table [L, D, S])``: whether anything
