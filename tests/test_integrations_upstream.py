@@ -530,6 +530,22 @@ def test_vllm_ascend_factory_serves_slot_3_and_worker_accepts_tables():
             assert slots == shared["expert_maps"][layer][0].tolist()
             assert len(log2phy) == N and all(0 <= x < D * S for x in log2phy)
             assert all(applied[layer].flatten()[x] == e for e, x in enumerate(log2phy))
+
+        # the EPLB process's loop (the body of its child process): no warm-up of the replaced
+        # policy, one wake-up, one packed update handed back; the second wake-up ends the loop
+        import queue
+        class Wakes:
+            def __init__(self): self.n = 0
+            def get(self):
+                self.n += 1
+                if self.n > 1:
+                    raise RuntimeError("stop")
+        proc = ew.EplbProcess({"expert_maps": expert_maps.clone(), "moe_load": workload}, 3, tp_size=1)
+        assert isinstance(proc.worker.policy, fa.FlashLBPolicy)
+        handed = queue.Queue()
+        proc.worker_process(Wakes(), handed)
+        assert not warmed and handed.qsize() == 1
+        assert [p[2] for p in handed.get()] == [p[2] for p in packed]
         print("ok")
     ''', [str(ASCEND_SRC or UPSTREAM_ASCEND)])
     assert "ok" in out
