@@ -161,9 +161,12 @@ def atomic_write(path, write) -> None:
     ``write``: the file's bytes (best: serialise in memory first, so that every failure to
     write - a full disk - is an ``OSError``), or a function that writes ``write(tmp_path)``.
     The file gets the mode the umask gives (0666 & ~umask), like any file ``open`` creates.
-    A failure to write is a ``ValueError`` naming the path.
+    A failure to write is a ``ValueError`` naming the path. A symlink is written through: its
+    target is replaced (atomically, in the target's folder) and the link stays a link.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     folder = path.parent
     _clean_stale(folder, path.name)
     tmp = folder / f".{path.name}.flashlb-{os.getpid()}-{secrets.token_hex(4)}.tmp"

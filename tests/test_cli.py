@@ -132,10 +132,12 @@ def test_plan_refuses_an_output_that_is_no_file_before_planning(tmp_path, loads_
         captured = capsys.readouterr()
         assert message in captured.err and captured.out == ""
     assert (tmp_path / "dir.json").is_dir() and not (tmp_path / "fifo.json").is_file()
-    # a symlink to a regular file is a file (written as before)
+    # a symlink to a regular file is a file: written through, the link stays a link
     (tmp_path / "real.json").write_text("{}")
     (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
     assert main(["plan", str(loads_json), "-d", "8", "-p", "48", "-o", str(tmp_path / "link.json")]) == 0
+    assert (tmp_path / "link.json").is_symlink()
+    Placement.load(tmp_path / "real.json", num_devices=8).validate()
 
 
 def test_simulate_a_regime_with_chosen_policies(capsys):
