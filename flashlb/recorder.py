@@ -31,6 +31,8 @@ class HotnessRecorder:
             dev = torch.device(device) if device is not None else torch.device("cpu")
         except (RuntimeError, TypeError) as exc:
             raise ValueError(f"device: {device!r} is not a torch device ({exc})") from None
+        if dev.type == "meta":  # shapes without data: nothing recorded could be read back
+            raise ValueError("device: a recorder on the meta device would hold no counts")
         try:  # the first allocation is where torch finds out the device is missing
             self.buffer = torch.zeros(W, L, N, dtype=dtype, device=dev)
         except (AssertionError, RuntimeError) as exc:

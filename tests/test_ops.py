@@ -441,7 +441,7 @@ def test_npu_library_is_looked_for_in_the_package_folder(monkeypatch):
     assert lib.parent.name == "flashlb"
 
 
-@pytest.mark.parametrize("device", ["cuda", "meta-typo", "npu:99"])
+@pytest.mark.parametrize("device", ["cuda", "meta-typo", "npu:99", "meta"])
 def test_recorder_on_a_missing_device_is_one_value_error(device):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("cuda is present here")
